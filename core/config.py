@@ -1,0 +1,204 @@
+"""Settings, read from ``OVBOT_*`` environment variables and an optional ``.env`` file.
+
+Validated once at start; ``load_settings`` turns pydantic's errors into one readable
+line per bad value (``OVBOT_LLM_DEVICE: ...``) so a user can fix their ``.env``.
+Every field here is listed, with a comment, in ``.env.example``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+from ovbot.core.engines.types import ImageLimits
+from ovbot.core.errors import SettingsError
+
+ENV_PREFIX = "OVBOT_"
+_DEVICE = re.compile(r"^(CPU|GPU(\.\d+)?|NPU|AUTO(:[A-Z0-9.,]+)?|HETERO:[A-Z0-9.,]+)$")
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _default_models_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ovbot" / "models"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x768"`` -> ``(512, 768)``; sizes must be multiples of 8 (the VAE's stride)."""
+    match = _SIZE.match(text.strip().lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 512x512")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width % 8 or height % 8 or not (64 <= width <= 2048 and 64 <= height <= 2048):
+        raise ValueError(f"{text!r}: width and height must be multiples of 8 between 64 and 2048")
+    return width, height
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # ---------------------------------------------------------------- model cache
+    models_dir: Path = Field(default_factory=_default_models_dir)
+    llm_repo: str = "OpenVINO/DeepSeek-R1-Distill-Qwen-1.5B-int4-cw-ov"
+    llm_revision: str = "main"
+    image_repo: str = "OpenVINO/stable-diffusion-v1-5-int8-ov"
+    image_revision: str = "main"
+    llm_model_dir: Path | None = None
+    image_model_dir: Path | None = None
+    auto_download: bool = True
+    hf_token: SecretStr | None = None
+    #: verify sha256 of every file on start (slow for GB models); sizes are always checked
+    verify_checksums_on_start: bool = False
+
+    # ---------------------------------------------------------------- engines
+    engine: Literal["local", "remote"] = "local"
+    llm_device: str = "CPU"
+    image_device: str = "CPU"
+    kv_cache_gb: float = Field(default=2.0, gt=0, le=256)
+    max_batch_sequences: int = Field(default=16, ge=1, le=256)
+    max_new_tokens: int = Field(default=1024, ge=1, le=32768)
+    llm_timeout_s: float = Field(default=600.0, gt=0)
+    image_timeout_s: float = Field(default=1800.0, gt=0)
+    #: directory for OpenVINO's compiled-model cache (faster warm starts); empty disables
+    compile_cache_dir: Path | None = None
+    #: longest an image waits between two of its steps while chat is busy (anti-starvation)
+    image_max_pause_s: float = Field(default=20.0, ge=0)
+    worker_start_timeout_s: float = Field(default=300.0, gt=0)
+    worker_max_restarts: int = Field(default=5, ge=0)
+
+    # ---------------------------------------------------------------- image limits
+    image_sizes: Annotated[list[str], NoDecode] = ["512x512", "512x768", "768x512"]
+    image_default_size: str = "512x512"
+    image_default_steps: int = Field(default=20, ge=1)
+    image_min_steps: int = Field(default=1, ge=1)
+    image_max_steps: int = Field(default=50, ge=1, le=500)
+    image_default_cfg: float = Field(default=7.5, ge=0)
+    image_min_cfg: float = Field(default=1.0, ge=0)
+    image_max_cfg: float = Field(default=20.0, ge=0, le=100)
+    image_max_prompt_chars: int = Field(default=1000, ge=1)
+
+    # ---------------------------------------------------------------- remote engine
+    remote_base_url: str | None = None
+    remote_api_key: SecretStr | None = None
+    remote_llm_model: str = "DeepSeek-R1-Distill-Qwen-1.5B"
+    remote_image_model: str = "stable-diffusion-v1-5"
+    remote_timeout_s: float = Field(default=600.0, gt=0)
+
+    # ---------------------------------------------------------------- logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("llm_device", "image_device", mode="before")
+    @classmethod
+    def _check_device(cls, value: Any) -> str:
+        text = str(value).strip().upper()
+        if not _DEVICE.match(text):
+            raise ValueError(f"must be CPU, GPU, GPU.<n>, NPU or AUTO (got {value!r})")
+        return text
+
+    @field_validator("image_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(";", ",").split(",") if part.strip()]
+        for size in value:
+            parse_size(size)
+        if not value:
+            raise ValueError("list at least one size, e.g. 512x512")
+        return [s.strip().lower() for s in value]
+
+    @field_validator("image_default_size")
+    @classmethod
+    def _check_default_size(cls, value: str) -> str:
+        parse_size(value)
+        return value.strip().lower()
+
+    @field_validator("llm_model_dir", "image_model_dir")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        value = value.expanduser()
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("remote_base_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^https?://", value):
+            raise ValueError(f"must start with http:// or https:// (got {value!r})")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Settings":
+        if self.image_default_size not in self.image_sizes:
+            raise ValueError(
+                f"OVBOT_IMAGE_DEFAULT_SIZE {self.image_default_size} must be one of "
+                f"OVBOT_IMAGE_SIZES ({', '.join(self.image_sizes)})"
+            )
+        if not self.image_min_steps <= self.image_default_steps <= self.image_max_steps:
+            raise ValueError(
+                "OVBOT_IMAGE_DEFAULT_STEPS must lie between OVBOT_IMAGE_MIN_STEPS and "
+                "OVBOT_IMAGE_MAX_STEPS"
+            )
+        if not self.image_min_cfg <= self.image_default_cfg <= self.image_max_cfg:
+            raise ValueError(
+                "OVBOT_IMAGE_DEFAULT_CFG must lie between OVBOT_IMAGE_MIN_CFG and OVBOT_IMAGE_MAX_CFG"
+            )
+        if self.engine == "remote" and not self.remote_base_url:
+            raise ValueError("OVBOT_ENGINE=remote needs OVBOT_REMOTE_BASE_URL")
+        return self
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            sizes=tuple(parse_size(s) for s in self.image_sizes),
+            default_size=parse_size(self.image_default_size),
+            default_steps=self.image_default_steps,
+            min_steps=self.image_min_steps,
+            max_steps=self.image_max_steps,
+            default_cfg=self.image_default_cfg,
+            min_cfg=self.image_min_cfg,
+            max_cfg=self.image_max_cfg,
+            max_prompt_chars=self.image_max_prompt_chars,
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and ``overrides``), or raise SettingsError
+    with one line per invalid value, naming the environment variable to fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = ["Invalid settings:"]
+    for error in exc.errors(include_url=False, include_input=False):
+        location = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+        message = error.get("msg", "invalid value").removeprefix("Value error, ")
+        if location:
+            name = ENV_PREFIX + location[0].upper()
+            lines.append(f"  {name}: {message}")
+        else:
+            lines.append(f"  {message}")
+    return "\n".join(lines)
