@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable
 
 _PATTERNS = [
     re.compile(r"bot\d{3,}:[A-Za-z0-9_-]{20,}"),  # Telegram bot token in URLs
@@ -16,17 +17,11 @@ _PATTERNS = [
     re.compile(r"(?i)(authorization: *bearer +)[^\s'\"]+"),
     re.compile(r"[MN][A-Za-z\d_-]{23,25}\.[\w-]{6}\.[\w-]{27,}"),  # Discord bot token
 ]
-_extra_secrets: set[str] = set()
 
 
-def register_secret(value: str | None) -> None:
-    """Redact this exact value from all log output (settings call it for each secret)."""
-    if value and len(value) >= 6:
-        _extra_secrets.add(value)
-
-
-def redact(text: str) -> str:
-    for secret in _extra_secrets:
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove known secret values and anything shaped like a token from ``text``."""
+    for secret in secrets:
         text = text.replace(secret, "[REDACTED]")
     for pattern in _PATTERNS:
         text = pattern.sub(
@@ -36,23 +31,29 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s and len(s) >= 6)
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = redact(message, self._secrets)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text, self._secrets)
             record.exc_info = None
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Log to stderr; ``secrets`` (tokens, API keys from settings) are redacted verbatim."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
