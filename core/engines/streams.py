@@ -139,6 +139,12 @@ class LLMStream:
     def done(self) -> bool:
         return self._done
 
+    def set_starts_in_reasoning(self, value: bool) -> None:
+        """Engines learn whether the prompt opened a think block only after applying the
+        chat template; this must be called before the first ``feed``."""
+        if not self._content and not self._reasoning:
+            self._splitter = ThinkSplitter(value)
+
     def feed(self, text: str) -> None:
         if not self._done:
             for delta in self._splitter.feed(text):

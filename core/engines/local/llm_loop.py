@@ -1,0 +1,226 @@
+"""The worker's chat loop: every concurrent chat request shares one
+ContinuousBatchingPipeline, driven by ``add_request`` / ``step`` / ``GenerationHandle``.
+
+Runs on the worker process's main thread. ``step()`` holds the GIL for a whole step,
+which is why this lives in its own process and not in the bot's.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ovbot.core.engines.local.detokenizer import IncrementalDetokenizer
+from ovbot.core.engines.local.protocol import (
+    Cancel,
+    ChatDeltas,
+    ChatDone,
+    ChatStarted,
+    RequestFailed,
+    SubmitChat,
+)
+
+log = logging.getLogger("ovbot.engine.llm")
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass(slots=True)
+class _Active:
+    request_id: int
+    handle: Any
+    detok: IncrementalDetokenizer
+    submitted_at: float
+    first_token_at: float | None = None
+    finish_reason: str = "stop"
+    sent_first: bool = False
+    generated: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_structured_output(og: Any, json_schema: str, reasoning: bool, max_chars: int | None) -> Any:
+    """Grammar for the answer. With reasoning on, free text up to ``</think>`` comes
+    first and only the answer is constrained, so the model still thinks."""
+    config = og.StructuredOutputConfig()
+    if not reasoning:
+        config.json_schema = json_schema
+        return config
+    bound = "*" if max_chars is None else "{0,%d}" % max_chars
+    think = og.StructuredOutputConfig.Regex(r"[\s\S]" + bound + "?" + THINK_CLOSE + r"\s*")
+    config.compound_grammar = og.StructuredOutputConfig.Concat(
+        think, og.StructuredOutputConfig.JSONSchema(json_schema)
+    )
+    return config
+
+
+class ChatPromptBuilder:
+    """Applies the model's chat template and decides where reasoning starts."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def build(self, request: SubmitChat) -> tuple[str, bool]:
+        history = [{"role": role, "content": content} for role, content in request.messages]
+        prompt = self._tokenizer.apply_chat_template(history, add_generation_prompt=True)
+        opens_thinking = prompt.rstrip().endswith(THINK_OPEN)
+        if opens_thinking and not request.think:
+            prompt += f"\n{THINK_CLOSE}\n\n"
+        return prompt, opens_thinking and request.think
+
+
+class LLMLoop:
+    """Owns the pipeline; other threads talk to it only through ``inbox``."""
+
+    def __init__(
+        self,
+        og: Any,
+        pipeline: Any,
+        send: Callable[[object], None],
+        busy: threading.Event,
+    ) -> None:
+        self._og = og
+        self._pipe = pipeline
+        self._tokenizer = pipeline.get_tokenizer()
+        self._prompts = ChatPromptBuilder(self._tokenizer)
+        self._send = send
+        self._busy = busy
+        self.inbox: queue.Queue[SubmitChat | Cancel | None] = queue.Queue()
+        self._active: dict[int, _Active] = {}
+        self.steps_total = 0
+        self.peak_batch = 0
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def run(self) -> None:
+        """Until a ``None`` arrives in the inbox: admit new requests, step, stream out."""
+        while True:
+            if not self._drain_inbox(block=not self._active):
+                break
+            if self._active:
+                self._busy.set()
+                self.peak_batch = max(self.peak_batch, len(self._active))
+                self.steps_total += 1
+                self._pipe.step()
+                self._collect()
+            if not self._active:
+                self._busy.clear()
+        for active in self._active.values():
+            active.handle.cancel()
+        self._busy.clear()
+
+    # ------------------------------------------------------------------ intake
+    def _drain_inbox(self, block: bool) -> bool:
+        try:
+            item = self.inbox.get(block=block)
+        except queue.Empty:
+            return True
+        while True:
+            if item is None:
+                return False
+            if isinstance(item, Cancel):
+                self._cancel(item.request_id)
+            else:
+                self._admit(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _admit(self, request: SubmitChat) -> None:
+        try:
+            prompt, in_reasoning = self._prompts.build(request)
+            tokens = self._tokenizer.encode(prompt, add_special_tokens=False).input_ids
+            config = self._generation_config(request)
+            handle = self._pipe.add_request(request.request_id, tokens, config)
+        except Exception as exc:  # a bad schema or template error fails only this request
+            log.warning("request %s rejected: %s", request.request_id, exc)
+            self._send(
+                RequestFailed(request.request_id, "bad_parameter", f"request rejected: {exc}", "options")
+            )
+            return
+        prompt_tokens = int(tokens.get_shape()[-1])
+        self._active[request.request_id] = _Active(
+            request_id=request.request_id,
+            handle=handle,
+            detok=IncrementalDetokenizer(self._decode),
+            submitted_at=time.monotonic(),
+        )
+        self._send(ChatStarted(request.request_id, prompt_tokens, in_reasoning))
+
+    def _generation_config(self, request: SubmitChat) -> Any:
+        config = self._og.GenerationConfig()
+        config.max_new_tokens = request.max_new_tokens
+        config.ignore_eos = request.ignore_eos
+        if request.temperature > 0:
+            config.do_sample = True
+            config.temperature = request.temperature
+            config.top_p = request.top_p
+        if request.seed is not None:
+            config.rng_seed = request.seed
+        if request.json_schema is not None:
+            config.structured_output_config = build_structured_output(
+                self._og, request.json_schema, request.think, request.max_reasoning_chars
+            )
+        return config
+
+    def _cancel(self, request_id: int) -> None:
+        active = self._active.pop(request_id, None)
+        if active is not None:
+            active.handle.cancel()
+            log.info("request %s cancelled after %d tokens", request_id, active.generated)
+
+    def _decode(self, ids: Any) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ output
+    def _collect(self) -> None:
+        deltas: list[tuple[int, str]] = []
+        first_tokens: list[tuple[int, float]] = []
+        finished: list[_Active] = []
+        for active in self._active.values():
+            status = active.handle.get_status()
+            while active.handle.can_read():
+                for output in active.handle.read().values():
+                    ids = list(output.generated_ids)
+                    if ids and active.first_token_at is None:
+                        active.first_token_at = time.monotonic()
+                        first_tokens.append(
+                            (active.request_id, active.first_token_at - active.submitted_at)
+                        )
+                    active.generated += len(ids)
+                    text = active.detok.add(ids)
+                    if text:
+                        deltas.append((active.request_id, text))
+                    if str(output.finish_reason).endswith("LENGTH"):
+                        active.finish_reason = "length"
+            if status.name != "RUNNING":
+                finished.append(active)
+        if deltas or first_tokens:
+            self._send(ChatDeltas(tuple(deltas), tuple(first_tokens)))
+        for active in finished:
+            self._finish(active, active.handle.get_status().name)
+
+    def _finish(self, active: _Active, status: str) -> None:
+        del self._active[active.request_id]
+        if status == "IGNORED":
+            self._send(
+                RequestFailed(
+                    active.request_id,
+                    "bad_parameter",
+                    "The conversation is too long for the model's memory; start a new one or shorten it.",
+                    "messages",
+                )
+            )
+            return
+        tail = active.detok.flush()
+        if tail:
+            self._send(ChatDeltas(((active.request_id, tail),)))
+        self._send(ChatDone(active.request_id, active.generated, active.finish_reason))

@@ -1,0 +1,168 @@
+"""Entry point of the engine worker process.
+
+The worker owns both OpenVINO pipelines. Threads inside it: the main thread runs the
+chat loop (``step()`` holds this process's GIL, harming nobody else), one thread runs
+images, one receives commands. Everything the parent needs comes back as protocol
+messages over the pipe; a lock serialises sends from the three threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ovbot.core.engines.local.protocol import (
+    Cancel,
+    Fatal,
+    Ready,
+    RequestFailed,
+    Shutdown,
+    Stats,
+    StatsQuery,
+    SubmitChat,
+    SubmitImage,
+    WorkerConfig,
+)
+
+log = logging.getLogger("ovbot.engine.worker")
+
+
+def _device_properties(config: WorkerConfig) -> dict[str, Any]:
+    if config.compile_cache_dir:
+        return {"CACHE_DIR": config.compile_cache_dir}
+    return {}
+
+
+def _load_llm(og: Any, config: WorkerConfig) -> Any:
+    scheduler = og.SchedulerConfig()
+    scheduler.cache_size = max(1, round(config.kv_cache_gb))
+    scheduler.max_num_seqs = config.max_num_seqs
+    scheduler.enable_prefix_caching = True
+    scheduler.dynamic_split_fuse = True
+    return og.ContinuousBatchingPipeline(
+        config.llm_dir, scheduler, config.llm_device, _device_properties(config)
+    )
+
+
+class Worker:
+    def __init__(self, conn: Connection, config: WorkerConfig) -> None:
+        self._conn = conn
+        self._config = config
+        self._send_lock = threading.Lock()
+        self._chat_busy = threading.Event()
+        self._llm_loop: Any = None
+        self._images: Any = None
+
+    def send(self, message: object) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def load(self) -> tuple[str, ...]:
+        import openvino_genai as og
+
+        from ovbot.core.engines.local.image_runner import ImagePipelines, ImageRunner
+        from ovbot.core.engines.local.llm_loop import LLMLoop
+
+        loaded: list[str] = []
+        if self._config.llm_dir:
+            self._llm_loop = LLMLoop(og, _load_llm(og, self._config), self.send, self._chat_busy)
+            loaded.append("llm")
+        if self._config.image_dir:
+            pipelines = ImagePipelines(
+                og,
+                self._config.image_dir,
+                self._config.image_device,
+                self._config.image_limits,
+                _device_properties(self._config),
+            )
+            self._images = ImageRunner(
+                pipelines,
+                self.send,
+                self._chat_busy,
+                self._config.image_max_pause_s,
+                self._config.image_model_name,
+            )
+            loaded.append("image")
+        return tuple(loaded)
+
+    def serve(self) -> None:
+        receiver = threading.Thread(target=self._receive, name="ovbot-receiver", daemon=True)
+        receiver.start()
+        image_thread = None
+        if self._images is not None:
+            image_thread = threading.Thread(target=self._images.run, name="ovbot-image", daemon=True)
+            image_thread.start()
+        if self._llm_loop is not None:
+            self._llm_loop.run()
+        else:
+            receiver.join()
+        if image_thread is not None:
+            self._images.inbox.put(None)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = Shutdown()  # the parent is gone: stop
+            if isinstance(message, Shutdown):
+                if self._llm_loop is not None:
+                    self._llm_loop.inbox.put(None)
+                if self._images is not None:
+                    self._images.inbox.put(None)
+                return
+            self._route(message)
+
+    def _route(self, message: object) -> None:
+        if isinstance(message, SubmitChat):
+            if self._llm_loop is None:
+                self.send(RequestFailed(message.request_id, "engine_unavailable", "No chat model is loaded."))
+            else:
+                self._llm_loop.inbox.put(message)
+        elif isinstance(message, SubmitImage):
+            if self._images is None:
+                self.send(
+                    RequestFailed(message.request_id, "engine_unavailable", "No image model is loaded.")
+                )
+            else:
+                self._images.inbox.put(message)
+        elif isinstance(message, Cancel):
+            if message.kind == "image" and self._images is not None:
+                self._images.cancel(message)
+            elif message.kind == "chat" and self._llm_loop is not None:
+                self._llm_loop.inbox.put(message)
+        elif isinstance(message, StatsQuery):
+            self.send(Stats(message.query_id, self._stats()))
+
+    def _stats(self) -> dict[str, Any]:
+        chat = self._llm_loop
+        images = self._images
+        return {
+            "pid": os.getpid(),
+            "chat_active": chat.active_count if chat else 0,
+            "chat_busy": self._chat_busy.is_set(),
+            "chat_steps": chat.steps_total if chat else 0,
+            "chat_peak_batch": chat.peak_batch if chat else 0,
+            "image_running": images.current is not None if images else False,
+            "image_queued": images.queued if images else 0,
+            "image_paused_s": round(images.paused_s, 3) if images else 0.0,
+        }
+
+
+def worker_main(conn: Connection, config: WorkerConfig) -> None:
+    """Process target: load, report Ready (or Fatal with the reason), serve until told
+    to stop or the parent disappears."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(conn, config)
+    try:
+        loaded = worker.load()
+    except Exception as exc:
+        log.error("engine worker failed to load models: %s", traceback.format_exc())
+        worker.send(Fatal(f"could not load the models: {exc}"))
+        return
+    worker.send(Ready(loaded))
+    worker.serve()
