@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     engine: Literal["local", "remote"] = "local"
     llm_device: str = "CPU"
     image_device: str = "CPU"
-    kv_cache_gb: float = Field(default=2.0, gt=0, le=256)
+    kv_cache_gb: int = Field(default=2, ge=1, le=256)
     max_batch_sequences: int = Field(default=16, ge=1, le=256)
     max_new_tokens: int = Field(default=1024, ge=1, le=32768)
     llm_timeout_s: float = Field(default=600.0, gt=0)

@@ -312,17 +312,21 @@ class RemoteLLMEngine:
         started = time.monotonic()
         body = chat_body(self.model, messages, options, self._max_new_tokens)
         response = await self._conn.send(CHAT_PATH, body, timeout_s)
-        inflight = _Inflight()
-        stream = LLMStream(
-            request_id=uuid.uuid4().hex[:12],
-            on_cancel=inflight.cancel,
-            starts_in_reasoning=False,  # _ReasoningFramer adds the opening tag when needed
-            expects_json=options.json_schema is not None,
-            timeout_s=max(started + timeout_s - time.monotonic(), 0.0),
-        )
-        inflight.fail = stream.fail
-        turn = _ChatTurn(stream, _ReasoningFramer(stream.feed, self._reasoning), started)
-        self._conn.spawn(inflight, self._pump(response, turn))
+        try:
+            inflight = _Inflight()
+            stream = LLMStream(
+                request_id=uuid.uuid4().hex[:12],
+                on_cancel=inflight.cancel,
+                starts_in_reasoning=False,  # _ReasoningFramer adds the opening tag if needed
+                expects_json=options.json_schema is not None,
+                timeout_s=max(started + timeout_s - time.monotonic(), 0.0),
+            )
+            inflight.fail = stream.fail
+            turn = _ChatTurn(stream, _ReasoningFramer(stream.feed, self._reasoning), started)
+            self._conn.spawn(inflight, self._pump(response, turn))
+        except BaseException:
+            await response.aclose()  # nobody else will read or close it
+            raise
         return stream
 
     async def _pump(self, response: httpx.Response, turn: _ChatTurn) -> None:
@@ -340,7 +344,8 @@ class RemoteLLMEngine:
         except httpx.HTTPError as exc:
             turn.stream.fail(self._conn.transport_error(exc))
         except _BadAnswer as exc:
-            log.warning("unreadable answer from %s: %s", self._conn.label, self._conn.scrub(str(exc)))
+            reason = self._conn.scrub(str(exc))
+            log.warning("unreadable answer from %s: %s", self._conn.label, reason)
             turn.stream.fail(
                 EngineUnavailable(f"The remote engine at {self._conn.label} sent a broken answer.")
             )
@@ -557,7 +562,8 @@ class RemoteImageEngine:
     async def _run(self, job: ImageJob, timeout_s: float, started: float) -> None:
         request = job.request
         try:
-            response = await self._conn.send(IMAGES_PATH, image_body(self.model, request), timeout_s)
+            body = image_body(self.model, request)
+            response = await self._conn.send(IMAGES_PATH, body, timeout_s)
             try:
                 raw = await response.aread()
             finally:
@@ -571,7 +577,9 @@ class RemoteImageEngine:
             job.fail(self._conn.transport_error(exc))
         except _BadAnswer as exc:
             log.warning("unreadable image answer from %s: %s", self._conn.label, exc)
-            job.fail(EngineUnavailable(f"The remote engine at {self._conn.label} sent a broken image."))
+            job.fail(
+                EngineUnavailable(f"The remote engine at {self._conn.label} sent a broken image.")
+            )
         except Exception:
             log.exception("image request to %s failed", self._conn.label)
             job.fail(EngineUnavailable("The image request to the remote engine failed."))

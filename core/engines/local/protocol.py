@@ -20,7 +20,7 @@ class WorkerConfig:
     image_dir: str | None
     llm_device: str = "CPU"
     image_device: str = "CPU"
-    kv_cache_gb: float = 2.0
+    kv_cache_gb: int = 2
     max_num_seqs: int = 16
     default_max_new_tokens: int = 1024
     image_limits: ImageLimits = field(default_factory=ImageLimits)

@@ -39,7 +39,7 @@ def _device_properties(config: WorkerConfig) -> dict[str, Any]:
 
 def _load_llm(og: Any, config: WorkerConfig) -> Any:
     scheduler = og.SchedulerConfig()
-    scheduler.cache_size = max(1, round(config.kv_cache_gb))
+    scheduler.cache_size = config.kv_cache_gb
     scheduler.max_num_seqs = config.max_num_seqs
     scheduler.enable_prefix_caching = True
     scheduler.dynamic_split_fuse = True
