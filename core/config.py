@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     remote_llm_model: str = "DeepSeek-R1-Distill-Qwen-1.5B"
     remote_image_model: str = "stable-diffusion-v1-5"
     remote_timeout_s: float = Field(default=600.0, gt=0)
+    #: how the remote server delivers reasoning: auto-detect, "prompt" (the chat template
+    #: opens <think>, as DeepSeek-R1's does) or "inline" (explicit tags only)
+    remote_reasoning: Literal["auto", "prompt", "inline"] = "auto"
 
     # ---------------------------------------------------------------- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -678,6 +678,7 @@ class RemoteEngines:
             timeout_s=settings.remote_timeout_s,
             image_limits=settings.image_limits(),
             max_new_tokens=settings.max_new_tokens,
+            reasoning=settings.remote_reasoning,
             transport=transport,
         )
 
