@@ -99,6 +99,43 @@ class Settings(BaseSettings):
     #: opens <think>, as DeepSeek-R1's does) or "inline" (explicit tags only)
     remote_reasoning: Literal["auto", "prompt", "inline"] = "auto"
 
+    # ---------------------------------------------------------------- data, store
+    data_dir: Path = Path("data")
+    #: SQLite database file; default <data_dir>/ovbot.db
+    db_path: Path | None = None
+
+    # ---------------------------------------------------------------- chat
+    system_prompt: str = (
+        "You are ovbot, a friendly assistant running privately on the user's own computer. "
+        "Answer concisely. When the user asks for a picture, describe it in image_prompt."
+    )
+    history_turns: int = Field(default=10, ge=0, le=200)
+    #: prompt tokens kept for history (oldest turns dropped first)
+    history_token_budget: int = Field(default=2048, ge=0)
+    max_message_chars: int = Field(default=4000, ge=1, le=100000)
+    max_persona_chars: int = Field(default=1000, ge=1)
+
+    # ---------------------------------------------------------------- queue, limits
+    #: chat jobs run together (they share the batched engine)
+    max_running_chat: int = Field(default=8, ge=1, le=256)
+    max_queued_per_user: int = Field(default=5, ge=1)
+    max_queued_total: int = Field(default=200, ge=1)
+    job_lease_s: float = Field(default=60.0, gt=1)
+    #: chat turns allowed per user per window
+    chat_turns_per_window: int = Field(default=30, ge=0)
+    chat_window_s: float = Field(default=3600.0, gt=0)
+    images_per_day: int = Field(default=20, ge=0)
+    #: admins as platform:user_id, comma-separated (e.g. telegram:123,discord:456)
+    admins: Annotated[list[str], NoDecode] = []
+
+    # ---------------------------------------------------------------- HTTP API
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    #: API keys for the HTTP API, comma-separated; required when binding beyond loopback
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    #: base URL clients use to fetch images (default http://<host>:<port>)
+    public_base_url: str | None = None
+
     # ---------------------------------------------------------------- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -125,6 +162,27 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("list at least one size, e.g. 512x512")
         return [s.strip().lower() for s in value]
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _split_admins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value:
+            if not re.match(r"^[a-z]+:[^:\s]+$", entry):
+                raise ValueError(f"{entry!r} is not platform:user_id (e.g. telegram:123)")
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for key in value:
+            text = key.get_secret_value() if isinstance(key, SecretStr) else str(key)
+            if len(text) < 16:
+                raise ValueError("each API key must be at least 16 characters")
+        return value
 
     @field_validator("image_default_size")
     @classmethod
@@ -167,9 +225,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "OVBOT_IMAGE_DEFAULT_CFG must lie between OVBOT_IMAGE_MIN_CFG and OVBOT_IMAGE_MAX_CFG"
             )
+        if self.http_host not in ("127.0.0.1", "localhost", "::1") and not self.api_keys:
+            raise ValueError(
+                f"OVBOT_HTTP_HOST={self.http_host} exposes the API beyond this computer: "
+                "set OVBOT_API_KEYS (comma-separated keys of 16+ characters)"
+            )
         if self.engine == "remote" and not self.remote_base_url:
             raise ValueError("OVBOT_ENGINE=remote needs OVBOT_REMOTE_BASE_URL")
         return self
+
+    @property
+    def database_path(self) -> Path:
+        return self.db_path or self.data_dir / "ovbot.db"
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for log redaction."""
+        values = [self.hf_token, self.remote_api_key, *self.api_keys]
+        return [v.get_secret_value() for v in values if v is not None]
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(

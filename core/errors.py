@@ -75,3 +75,44 @@ class InvalidStructuredOutput(EngineError):
         super().__init__(message)
         self.raw_text = raw_text
         self.truncated = truncated
+
+
+class RateLimited(OvbotError):
+    """The user used up a limit; ``retry_after_s`` says when the next request is allowed."""
+
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float, limit_name: str) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.limit_name = limit_name
+
+
+class QueueFull(OvbotError):
+    """Too much work is waiting (for this user or overall); try again in ~retry_after_s."""
+
+    kind = "queue_full"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidInput(OvbotError):
+    """A user's input is empty, too long or malformed (before any engine is involved)."""
+
+    kind = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NotFound(OvbotError):
+    kind = "not_found"
+
+
+class Forbidden(OvbotError):
+    """The requester may not do this (e.g. cancel someone else's job, admin commands)."""
+
+    kind = "forbidden"

@@ -1,0 +1,1 @@
+"""The durable, fair job queue (in-process; a distributed queue can replace it)."""

@@ -1,0 +1,53 @@
+"""The queue interface the chat service and adapters depend on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ovbot.core.domain import Job, JobKind, ReplyEvent, UserRef
+
+
+class EventSink(Protocol):
+    """Where a running job reports progress; the queue fans events out to subscribers
+    (SSE clients, platform adapters) and keeps them for late subscribers."""
+
+    def emit(self, type: str, text: str = "", **data: Any) -> None: ...
+
+
+#: Runs one job; returns the job's result dict or raises an OvbotError (job failed) or
+#: asyncio.CancelledError (job cancelled).
+JobHandler = Callable[[Job, EventSink], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePosition:
+    position: int  # 1 = next to run; 0 = running
+    eta_s: float | None
+
+
+class JobQueue(Protocol):
+    def register(self, kind: JobKind, handler: JobHandler) -> None: ...
+
+    async def start(self) -> None:
+        """Recover: re-queue jobs whose lease expired, load queued jobs, start workers."""
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop intake, let running jobs finish for up to ``grace_s``, then release them
+        (they stay durable and run again after the next start)."""
+
+    async def submit(self, job: Job) -> Job:
+        """Persist (committed) then schedule. Raises QueueFull when bounded out."""
+
+    async def cancel(self, job_id: str, requester: UserRef, is_admin: bool = False) -> Job:
+        """Cancel a queued or running job (owner or admin). NotFound / Forbidden."""
+
+    def position(self, job_id: str) -> QueuePosition | None:
+        """Live position and ETA of a queued or running job; None when not live."""
+
+    def subscribe(self, job_id: str) -> AsyncIterator[ReplyEvent]:
+        """Events of a job from its first one (replayed) until a terminal event."""
+
+    def depth(self) -> dict[str, int]:
+        """Queued and running counts by kind, for /ready and /metrics."""
