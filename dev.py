@@ -48,12 +48,10 @@ def setup_runtime(python: Path) -> None:
 
 
 def setup_dev(python: Path) -> None:
-    """Runtime + conversion + test extras, torch pinned to the CPU build."""
-    constraints = ROOT / ".cache" / "constraints.txt"
-    constraints.parent.mkdir(parents=True, exist_ok=True)
-    constraints.write_text(TORCH + "\n")
+    """Runtime + conversion + test extras at the versions in constraints.txt (tested
+    together, and pip needs no backtracking through the converters' wide ranges)."""
     pip(python, TORCH)
-    pip(python, "-c", str(constraints), "-e", ".[convert,test]")
+    pip(python, "-c", "constraints.txt", "-e", ".[convert,test]")
     run(python, "-m", "pip", "uninstall", "-y", "-q", "torchvision")
 
 
