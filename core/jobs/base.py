@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ovbot.core.domain import Job, JobKind, ReplyEvent, UserRef
+from ovbot.core.domain import Job, JobKind, ReplyEvent, Turn, UserRef
 
 
 class EventSink(Protocol):
@@ -16,9 +16,19 @@ class EventSink(Protocol):
     def emit(self, type: str, text: str = "", **data: Any) -> None: ...
 
 
-#: Runs one job; returns the job's result dict or raises an OvbotError (job failed) or
-#: asyncio.CancelledError (job cancelled).
-JobHandler = Callable[[Job, EventSink], Awaitable[dict[str, Any]]]
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """What a handler may return instead of a bare result dict: the result plus the
+    conversation turns to store in the same transaction as the job's end, so a reply is
+    never stored without its job being done (or the other way round)."""
+
+    result: dict[str, Any]
+    turns: Sequence[Turn] = ()
+
+
+#: Runs one job; returns the job's result (dict or JobOutcome) or raises an OvbotError
+#: (job failed) or asyncio.CancelledError (job cancelled).
+JobHandler = Callable[[Job, EventSink], Awaitable["dict[str, Any] | JobOutcome"]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,8 @@ class Store(Protocol):
         produced in ONE transaction: a turn is never stored without its job or lost."""
 
     async def update_job(self, job: Job) -> None:
-        """Persist state/attempts/lease/timestamps/result/error/delivery as they are."""
+        """Persist state/attempts/lease/timestamps/result/error as they are. ``delivery``
+        is written only by ``record_delivery``, so writing a job back never erases it."""
 
     async def record_delivery(self, job_id: str, key: str, value: object) -> None:
         """Remember where a result was posted (idempotent delivery across restarts)."""

@@ -1,0 +1,149 @@
+"""Runs one structured answer on the chat engine and streams it as reply events.
+
+Kept apart from the service so the streaming rules (what users see while the model
+thinks, what happens when the JSON breaks) can be read in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ovbot.core.chat.answer_stream import AnswerStreamParser, answer_schema
+from ovbot.core.engines.base import LLMEngine
+from ovbot.core.engines.streams import LLMStream
+from ovbot.core.engines.types import ChatMessage, GenerationOptions
+from ovbot.core.errors import InvalidStructuredOutput
+from ovbot.core.jobs.base import EventSink
+
+log = logging.getLogger("ovbot.chat")
+
+FALLBACK_REPLY = "Sorry — I could not finish that answer. Please try again or rephrase."
+THINKING_STATUS = "thinking"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerSettings:
+    """How a chat answer is generated.
+
+    The bounds work together: reasoning (``max_reasoning_chars``) and the JSON answer
+    share ``max_new_tokens`` (``None``: the engine's default, 1024 tokens by default),
+    so ~1500 characters of thinking (~450 tokens) leave room for a full answer. The
+    ``maxLength`` bounds make the grammar close the JSON instead of running into the
+    token limit; ``None`` removes a bound.
+    """
+
+    response_max_chars: int | None = 2000
+    image_prompt_max_chars: int | None = 500
+    max_reasoning_chars: int | None = 1500
+    max_new_tokens: int | None = None
+    temperature: float = 0.6
+    seed: int | None = None
+
+    def options(self) -> GenerationOptions:
+        return GenerationOptions(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            json_schema=answer_schema(self.response_max_chars, self.image_prompt_max_chars),
+            think=True,
+            max_reasoning_chars=self.max_reasoning_chars,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    #: exactly the text sent in "text" events (what users saw and what gets stored)
+    text: str
+    reasoning: str
+    #: a complete, non-blank image prompt from the model, else None
+    image_prompt: str | None
+    #: the model's answer was unusable and ``text`` is the fallback reply
+    fallback: bool = False
+
+
+class _ReplyText:
+    """The reply as sent so far; leading whitespace is held back, so a reply that never
+    gets past whitespace sends nothing and can be replaced by the fallback cleanly."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def add(self, text: str) -> str:
+        if not self._parts:
+            text = text.lstrip()
+        if text:
+            self._parts.append(text)
+        return text
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
+class AnswerGenerator:
+    """Streams one answer: a single "thinking" status while the model reasons
+    ("reasoning" deltas too when asked for), then the ``assistant_response`` characters
+    as "text" deltas. A broken or cut-off answer never fails the job: the text that got
+    through is kept, or the fallback reply is sent when nothing did."""
+
+    def __init__(self, llm: LLMEngine, settings: AnswerSettings | None = None) -> None:
+        self._llm = llm
+        self.settings = settings or AnswerSettings()
+
+    async def generate(
+        self, messages: Sequence[ChatMessage], sink: EventSink, show_reasoning: bool
+    ) -> Answer:
+        stream = await self._llm.stream(messages, self.settings.options())
+        parser = AnswerStreamParser()
+        reply = _ReplyText()
+        reasoning: list[str] = []
+        try:
+            await self._relay(stream, parser, reply, reasoning, sink, show_reasoning)
+            await stream.result()
+            broken = False
+        except InvalidStructuredOutput as exc:
+            log.info(
+                "structured answer unusable (truncated=%s): keeping %d characters",
+                exc.truncated,
+                len(reply.text),
+            )
+            broken = True
+        finally:
+            if not stream.done:  # cancelled job or error: free the engine's slot
+                await stream.cancel()
+        return self._finish(reply, parser, "".join(reasoning), sink, broken)
+
+    async def _relay(
+        self,
+        stream: LLMStream,
+        parser: AnswerStreamParser,
+        reply: _ReplyText,
+        reasoning: list[str],
+        sink: EventSink,
+        show_reasoning: bool,
+    ) -> None:
+        thinking_sent = False
+        async for delta in stream:
+            if delta.kind == "reasoning":
+                reasoning.append(delta.text)
+                if not thinking_sent:
+                    sink.emit("status", THINKING_STATUS)
+                    thinking_sent = True
+                if show_reasoning:
+                    sink.emit("reasoning", delta.text)
+                continue
+            text = reply.add(parser.feed(delta.text))
+            if text:
+                sink.emit("text", text)
+
+    def _finish(
+        self, reply: _ReplyText, parser: AnswerStreamParser, reasoning: str, sink: EventSink, broken: bool
+    ) -> Answer:
+        # an image prompt counts only from a complete answer: half a prompt draws nonsense
+        prompt = None if broken else (parser.image_prompt or "").strip() or None
+        if reply.text:
+            return Answer(reply.text, reasoning, prompt)
+        sink.emit("text", FALLBACK_REPLY)
+        return Answer(FALLBACK_REPLY, reasoning, prompt, fallback=True)
