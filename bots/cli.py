@@ -13,7 +13,7 @@ from ovbot.core.errors import OvbotError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ovbot.bots import build_commands, chat_commands, models_commands
+    from ovbot.bots import build_commands, chat_commands, models_commands, serve
 
     parser = argparse.ArgumentParser(
         prog="ovbot", description="Local-first private AI chat bot on OpenVINO GenAI."
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_commands.register(model_commands)
     build_commands.register(model_commands)
 
+    serve.register(commands)
     chat_commands.register(commands)
     return parser
 

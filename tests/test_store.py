@@ -590,3 +590,22 @@ async def test_writing_a_job_back_keeps_recorded_delivery(tmp_path) -> None:
     assert saved.delivery == {"telegram": {"message_id": 99}}
     assert saved.state is JobState.DONE and saved.attempts == 3
     await store.close()
+
+
+async def test_forget_also_scrubs_finished_chat_jobs(tmp_path) -> None:
+    from ovbot.core.domain import ChatRef, Job, JobKind, JobState, Turn, UserRef
+    from ovbot.core.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "f.db", tmp_path / "data")
+    await store.initialize()
+    chat = ChatRef("http", "c1")
+    conversation = await store.active_conversation(chat)
+    job = Job(JobKind.CHAT, UserRef("http", "u"), chat, conversation, {"message": "my secret", "image": None})
+    await store.insert_job(job)
+    job.state, job.result = JobState.DONE, {"text": "the secret answer", "reasoning": "hmm"}
+    await store.finish_job(job, [Turn(conversation, "user", "my secret", job.id)])
+    await store.reset_conversation(chat, forget=True)
+    scrubbed = await store.get_job(job.id)
+    assert scrubbed.payload["message"] == "" and scrubbed.result == {"text": ""}
+    assert await store.recent_turns(conversation, 10) == []
+    await store.close()

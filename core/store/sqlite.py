@@ -423,6 +423,15 @@ async def _replace_conversation(conn: aiosqlite.Connection, chat: ChatRef, old_i
     )
     if forget:
         await _run(conn, "DELETE FROM turns WHERE conversation_id = ?", (old_id,))
+        # the finished jobs of that conversation hold the same text: forget it there too
+        await _run(
+            conn,
+            "UPDATE jobs SET payload = json_set(payload, '$.message', ''), "
+            "result = CASE WHEN result IS NULL THEN NULL "
+            "ELSE json_remove(json_set(result, '$.text', ''), '$.reasoning') END "
+            "WHERE conversation_id = ? AND kind = 'chat' AND state IN ('done', 'failed', 'cancelled')",
+            (old_id,),
+        )
     await _insert_conversation(conn, new_conversation_id, chat.key, now)
     await _run(conn, "UPDATE chats SET active_conversation_id = ? WHERE key = ?", (new_conversation_id, chat.key))
     return new_conversation_id
