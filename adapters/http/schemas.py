@@ -1,0 +1,113 @@
+"""Request and response bodies of the HTTP API.
+
+Requests forbid unknown fields (a typo like ``stpes`` is an error, not a silent
+default) and cap every string, so no request can make the server hold or log an
+unbounded value. The caps here are hard ceilings for the wire; the limits an operator
+configures (message length, image sizes and steps) are checked by the core, which
+answers with the exact limit.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: ids a client chooses (its user ids, conversation labels): printable, no spaces
+ID_PATTERN = r"^[A-Za-z0-9_.@:+\-]+$"
+#: the largest OVBOT_MAX_MESSAGE_CHARS allows; the configured limit is the core's check
+MAX_MESSAGE_CHARS = 100_000
+MAX_PROMPT_CHARS = 10_000
+
+ClientId = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatImageOptions(_Request):
+    """Ask the reply to come with a picture; the model writes the picture's prompt."""
+
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    steps: int | None = None
+    cfg: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class ChatRequest(_Request):
+    user_id: ClientId
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    #: a label for the conversation; defaults to one conversation per user
+    conversation_id: ClientId | None = None
+    image: ChatImageOptions | None = None
+    show_reasoning: bool = False
+
+
+class ImageRequestBody(_Request):
+    user_id: ClientId
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    steps: int | None = None
+    cfg: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class ResetRequest(_Request):
+    user_id: ClientId
+    conversation_id: ClientId | None = None
+    #: delete the old turns instead of only leaving them out of future prompts
+    forget: bool = False
+
+
+# ---------------------------------------------------------------- responses
+
+
+class ImageRef(BaseModel):
+    job_id: str
+    status: str
+    url: str
+
+
+class ChatResponse(BaseModel):
+    job_id: str
+    text: str
+    reasoning: str | None = None
+    image: ImageRef | None = None
+
+
+class JobView(BaseModel):
+    job_id: str
+    kind: Literal["chat", "image"]
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    #: 1 = next to run, 0 = running; null once finished
+    position: int | None = None
+    eta_s: float | None = None
+    #: image steps so far, e.g. {"step": 3, "total": 20}
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class ResetResponse(BaseModel):
+    conversation_id: str
+    forgot: bool
+
+
+class ErrorDetail(BaseModel):
+    kind: str
+    message: str
+    field: str | None = None
+    job_id: str | None = None
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
