@@ -65,7 +65,7 @@ def main() -> int:
     try:
         if args.action == "run":
             setup_runtime(python)
-            run(python, "-m", "ovbot.bots.cli", *(args.rest or ["chat"]))
+            run(python, "-m", "ovbot.bots.cli", *(args.rest or ["serve"]))
         elif args.action == "setup":
             setup_dev(python)
         else:

@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         for entry in value:
-            if not re.match(r"^[a-z]+:[^:\s]+$", entry):
+            if not re.match(r"^[a-z]+:\S+$", entry):
                 raise ValueError(f"{entry!r} is not platform:user_id (e.g. telegram:123)")
         return value
 

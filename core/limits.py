@@ -124,8 +124,12 @@ class RateLimits:
         """What the user's own ``usage`` command shows."""
         return await self._report(user.key)
 
-    async def show(self, user_key: str) -> dict[str, Any]:
+    async def show(self, requester: UserRef, user_key: str) -> dict[str, Any]:
         """What an admin sees: the user's effective limits, overrides, defaults, usage."""
+        await self._require_admin(requester)
+        return await self._admin_report(user_key)
+
+    async def _admin_report(self, user_key: str) -> dict[str, Any]:
         report = await self._report(user_key)
         override = await self._store.get_limit_override(user_key)
         report["override"] = (
@@ -171,21 +175,21 @@ class RateLimits:
                 images_per_day=current.images_per_day if images_per_day is None else images_per_day,
             )
         )
-        return await self.show(user_key)
+        return await self._admin_report(user_key)
 
     async def reset(self, requester: UserRef, user_key: str) -> dict[str, Any]:
         """Drop one user's overrides (back to the defaults). Returns show()."""
         await self._require_admin(requester)
         user_key = _check_user_key(user_key)
         await self._store.delete_limit_override(user_key)
-        return await self.show(user_key)
+        return await self._admin_report(user_key)
 
     async def is_admin(self, user_key: str) -> bool:
         return user_key in self._admins or await self._store.is_admin(user_key)
 
     async def _require_admin(self, requester: UserRef) -> None:
         if not await self.is_admin(requester.key):
-            raise Forbidden("Only admins can change limits.")
+            raise Forbidden("Only admins can see or change other users' limits.")
 
     # ------------------------------------------------------------------ internals
     async def _rule(self, user_key: str, kind: LimitKind) -> _Rule:

@@ -53,6 +53,7 @@ def tiny_settings(tiny_models: Any, data_dir: Path, port: int, **overrides: Any)
         http_port=port,
         api_keys=[KEY, OTHER_KEY],
         max_message_chars=MAX_MESSAGE_CHARS,
+        admins=[f"http:{key_id(KEY)}:boss"],
     )
     values.update(overrides)
     return Settings(**values)
@@ -501,3 +502,29 @@ async def test_ready_fails_when_engines_close_and_waiters_get_503_at_stop(
         checks = down.json()["checks"]
         assert checks["engine_llm"]["ok"] is False and checks["database"]["ok"] is True
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_usage_and_admin_limits_at_run_time(served: Served) -> None:
+    client = served.client
+    usage = await client.get("/usage", params={"user_id": "limited"})
+    assert usage.status_code == 200, usage.text
+    assert usage.json()["chat"]["used"] == 0
+
+    target = f"http:{key_id(KEY)}:limited"
+    denied = await client.put(f"/admin/limits/{target}", json={"user_id": "limited", "chat_per_window": 9})
+    assert_error(denied, 403, "forbidden")
+    assert_error(await client.get(f"/admin/limits/{target}", params={"user_id": "limited"}), 403, "forbidden")
+    bad = await client.put(f"/admin/limits/{target}", json={"user_id": "boss", "chat_per_window": -1})
+    assert bad.status_code == 422, bad.text
+
+    changed = await client.put(f"/admin/limits/{target}", json={"user_id": "boss", "chat_per_window": 0})
+    assert changed.status_code == 200, changed.text
+    shown = await client.get(f"/admin/limits/{target}", params={"user_id": "boss"})
+    assert shown.json()["override"]["chat_per_window"] == 0
+    refused = await client.post("/chat", json={"user_id": "limited", "message": "hello"})
+    assert_error(refused, 403, "forbidden")
+
+    reset = await client.delete(f"/admin/limits/{target}", params={"user_id": "boss"})
+    assert reset.status_code == 200 and reset.json()["override"] is None
+    again = await client.post("/chat", json={"user_id": "limited", "message": "hello"})
+    assert again.status_code == 200, again.text

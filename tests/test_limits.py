@@ -148,7 +148,7 @@ async def test_overrides_apply_at_once_and_survive_a_restart(store, open_store, 
     await limits.set(OPERATOR, ALICE.key, images_per_day=5)  # keeps the chat override
     await store.close()
     reopened = make_limits(await open_store(), clock)  # the bot restarted
-    shown = await reopened.show(ALICE.key)
+    shown = await reopened.show(OPERATOR, ALICE.key)
     assert shown["override"] == {"chat_per_window": 1, "images_per_day": 5}
     assert shown["chat"]["overridden"] is True
     with pytest.raises(RateLimited):
@@ -210,6 +210,8 @@ async def test_usage_report(store, clock) -> None:
     assert (report["image"]["used"], report["image"]["remaining"]) == (1, 1)
     assert report["image"]["window_s"] == DAY_S
 
-    shown = await limits.show(ALICE.key)
+    shown = await limits.show(ROOT, ALICE.key)
+    with pytest.raises(Forbidden):
+        await limits.show(BOB, ALICE.key)
     assert shown["defaults"] == {"chat_per_window": 3, "chat_window_s": 60.0, "images_per_day": 2}
     assert shown["chat"] == report["chat"]

@@ -27,6 +27,7 @@ from ovbot.adapters.http.schemas import (
     ImageRef,
     ImageRequestBody,
     JobView,
+    LimitsUpdate,
     ResetRequest,
     ResetResponse,
 )
@@ -253,6 +254,35 @@ def create_app(app: App, *, base_url: str | None = None, keepalive_s: float = 15
         await owned_job(who, job_id)  # another key's job does not exist for this caller
         job = await app.service.cancel(job_id, who.user(user_id), False)
         return await job_view(job)
+
+    # ---------------------------------------------------------------- limits
+    RequesterId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
+    TargetKey = Annotated[str, Path(min_length=3, max_length=200, pattern=r"^[a-z]+:[^\s/]+$")]
+
+    @api.get("/usage", tags=["limits"], responses=_ERRORS)
+    async def usage(user_id: RequesterId, who: Caller) -> dict[str, Any]:
+        """The user's own limits: used, remaining and when each resets."""
+        return await app.limits.usage(who.user(user_id))
+
+    @api.get("/admin/limits/{user_key}", tags=["limits"], responses=_ERRORS)
+    async def show_limits(user_key: TargetKey, user_id: RequesterId, who: Caller) -> dict[str, Any]:
+        """An admin's view of any user's limits (``user_key`` like ``telegram:123``)."""
+        return await app.limits.show(who.user(user_id), user_key)
+
+    @api.put("/admin/limits/{user_key}", tags=["limits"], responses=_ERRORS)
+    async def set_limits(user_key: TargetKey, body: LimitsUpdate, who: Caller) -> dict[str, Any]:
+        """Override a user's limits at run time (persisted; survives restarts)."""
+        return await app.limits.set(
+            who.user(body.user_id),
+            user_key,
+            chat_per_window=body.chat_per_window,
+            images_per_day=body.images_per_day,
+        )
+
+    @api.delete("/admin/limits/{user_key}", tags=["limits"], responses=_ERRORS)
+    async def reset_limits(user_key: TargetKey, user_id: RequesterId, who: Caller) -> dict[str, Any]:
+        """Drop a user's overrides: back to the configured defaults."""
+        return await app.limits.reset(who.user(user_id), user_key)
 
     # ---------------------------------------------------------------- operations
     @api.get("/health", tags=["operations"])

@@ -67,6 +67,15 @@ class ResetRequest(_Request):
 # ---------------------------------------------------------------- responses
 
 
+class LimitsUpdate(_Request):
+    """An admin (``user_id``, under this API key) changes one user's limits; a field left
+    out keeps its current value."""
+
+    user_id: ClientId
+    chat_per_window: int | None = Field(default=None, ge=0)
+    images_per_day: int | None = Field(default=None, ge=0)
+
+
 class ImageRef(BaseModel):
     job_id: str
     status: str
