@@ -98,6 +98,7 @@ async def serve(settings: Settings, *, grace_s: float = DEFAULT_GRACE_S) -> int:
             listening = f"serving on {default_base_url(settings.http_host, port)} (API docs at {base_url}/docs)"
             server = _Server(config, listening)
             shutdown.server = server
+            server.should_exit = shutdown.requested.is_set()  # a signal during start-up
             # drain the queue while uvicorn finishes the requests in flight
             draining = asyncio.create_task(_stop_when(shutdown.requested, app))
             await server.serve(sockets=[sock])

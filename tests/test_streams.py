@@ -159,3 +159,23 @@ def test_incremental_detokenizer_with_the_real_tokenizer(tiny_models) -> None:
     assert "".join(pieces) == decode(ids)
     assert all("\ufffd" not in piece for piece in pieces)
     assert detok.token_count == len(ids)
+
+
+@pytest.mark.parametrize("kind", ["chat", "image"])
+async def test_cancelling_a_waiting_consumer_is_never_swallowed(kind: str) -> None:
+    """An item arriving in the same loop turn as the consumer's cancellation must not
+    eat the cancellation (asyncio.wait_for does on Python 3.11)."""
+    for _ in range(20):
+        if kind == "chat":
+            stream = make_stream(timeout_s=30)
+            consume = asyncio.ensure_future(stream.result())
+            await asyncio.sleep(0)
+            stream.feed("text arrives")
+        else:
+            job = ImageJob(request=ImageRequest("p"), on_cancel=lambda: None, timeout_s=30)
+            consume = asyncio.ensure_future(job.result())
+            await asyncio.sleep(0)
+            job.progress(1, 2)
+        consume.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consume

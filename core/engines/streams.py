@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ovbot.core.engines.types import (
     ImageProgress,
@@ -98,6 +99,25 @@ def _partial_suffix(text: str, tag: str) -> int:
         if text.endswith(tag[:length]):
             return length
     return 0
+
+
+_T = TypeVar("_T")
+
+
+async def _get_before(queue: "asyncio.Queue[_T]", deadline: float) -> _T | None:
+    """``queue.get()`` with a deadline; None when it passes. Not ``asyncio.wait_for``:
+    on Python < 3.12 it swallows a cancellation of the waiting task when an item arrives
+    at the same moment (CPython gh-86296), so a stopped job would keep running."""
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        done, _ = await asyncio.wait({getter}, timeout=max(deadline - time.monotonic(), 0))
+    except asyncio.CancelledError:
+        getter.cancel()
+        raise
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +222,11 @@ class LLMStream:
     async def _next_item(self) -> TextDelta | _End:
         if self._deadline is None:
             return await self._queue.get()
-        remaining = self._deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(self._queue.get(), max(remaining, 0))
-        except asyncio.TimeoutError:
+        item = await _get_before(self._queue, self._deadline)
+        if item is None:
             self._abort(EngineTimeout("The model took too long to answer."))
             return await self._queue.get()
+        return item
 
     async def result(self) -> LLMResult:
         """Wait for the end (draining unread deltas) and return the whole answer."""
@@ -278,13 +297,11 @@ class ImageJob:
         if self._deadline is None:
             item = await self._queue.get()
         else:
-            try:
-                item = await asyncio.wait_for(
-                    self._queue.get(), max(self._deadline - time.monotonic(), 0)
-                )
-            except asyncio.TimeoutError:
+            waited = await _get_before(self._queue, self._deadline)
+            if waited is None:
                 self._abort(EngineTimeout("The image took too long to generate."))
-                item = await self._queue.get()
+                waited = await self._queue.get()
+            item = waited
         if isinstance(item, _End):
             self._consumed_end = True
             if item.error is not None:
