@@ -28,7 +28,7 @@ from ovbot.adapters.http import create_app
 from ovbot.adapters.http.auth import key_id
 from ovbot.core.app import App
 from ovbot.core.config import Settings
-from ovbot.core.domain import LimitOverride
+from ovbot.core.domain import ChatRef, LimitOverride
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -528,3 +528,17 @@ async def test_usage_and_admin_limits_at_run_time(served: Served) -> None:
     assert reset.status_code == 200 and reset.json()["override"] is None
     again = await client.post("/chat", json={"user_id": "limited", "message": "hello"})
     assert again.status_code == 200, again.text
+
+
+async def test_persona_is_set_cleared_and_bounded(served: Served) -> None:
+    client = served.client
+    ok = await client.post("/persona", json={"user_id": "poet", "persona": "Answer like a pirate."})
+    assert ok.status_code == 200 and ok.json()["persona"] == "Answer like a pirate."
+    assert await served.app.store.get_persona(ChatRef("http", f"{key_id(KEY)}:poet")) == "Answer like a pirate."
+    too_long = await client.post("/persona", json={"user_id": "poet", "persona": "x" * 5000})
+    assert_error(too_long, 400, "invalid_input", "persona")
+    cleared = await client.post("/persona", json={"user_id": "poet", "persona": None})
+    assert cleared.status_code == 200
+    assert await served.app.store.get_persona(ChatRef("http", f"{key_id(KEY)}:poet")) is None
+    reply = await client.post("/chat", json={"user_id": "poet", "message": "ahoy"})
+    assert reply.status_code == 200, reply.text

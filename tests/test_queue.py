@@ -409,7 +409,8 @@ async def test_a_result_the_store_could_not_save_runs_again(store, make_queue, w
     assert worker.calls["A1"] == 2 and await state_of(store, lost.id) is JobState.DONE
 
 
-async def test_handler_may_persist_turns_with_the_result(store, make_queue) -> None:
+async def test_handler_may_persist_turns_with_the_result(store, make_queue, caplog) -> None:
+    caplog.set_level("INFO", logger="ovbot")
     chat = ChatRef("test", "alice")
     conversation = await store.active_conversation(chat)
 
@@ -430,6 +431,10 @@ async def test_handler_may_persist_turns_with_the_result(store, make_queue) -> N
         ("user", "hi"),
         ("assistant", "hello"),
     ]
+    # one structured line per job, with ids and timings, never the content
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"job {job.id} ")]
+    assert len(lines) == 1 and "state=done" in lines[0] and "ran_s=" in lines[0]
+    assert "hello" not in lines[0]
 
 
 # ---------------------------------------------------------------------- recovery, stop

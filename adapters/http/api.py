@@ -28,6 +28,7 @@ from ovbot.adapters.http.schemas import (
     ImageRequestBody,
     JobView,
     LimitsUpdate,
+    PersonaRequest,
     ResetRequest,
     ResetResponse,
 )
@@ -227,6 +228,13 @@ def create_app(app: App, *, base_url: str | None = None, keepalive_s: float = 15
         chat = who.chat(body.user_id, body.conversation_id)
         await app.service.reset(who.user(body.user_id), chat, body.forget)
         return ResetResponse(conversation_id=body.conversation_id or body.user_id, forgot=body.forget)
+
+    @api.post("/persona", responses=_ERRORS, tags=["chat"])
+    async def persona(body: PersonaRequest, who: Caller) -> dict[str, Any]:
+        """Give the conversation a persona; it applies from the next message on."""
+        chat = who.chat(body.user_id, body.conversation_id)
+        await app.service.set_persona(who.user(body.user_id), chat, body.persona)
+        return {"conversation_id": body.conversation_id or body.user_id, "persona": body.persona or None}
 
     # ---------------------------------------------------------------- jobs
     @api.get("/jobs/{job_id}", response_model=JobView, responses=_ERRORS, tags=["jobs"])

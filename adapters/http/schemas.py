@@ -64,6 +64,14 @@ class ResetRequest(_Request):
     forget: bool = False
 
 
+class PersonaRequest(_Request):
+    """Set the conversation's persona (added to the system prompt); null or "" clears it."""
+
+    user_id: ClientId
+    conversation_id: ClientId | None = None
+    persona: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+
+
 # ---------------------------------------------------------------- responses
 
 

@@ -452,6 +452,17 @@ class LocalJobQueue:
         await self._store.finish_job(job, ending.turns)
         if ending.state is JobState.DONE:
             self._learn_duration(job.kind, now - running.started_at)
+        log.info(
+            "job %s kind=%s user=%s state=%s attempts=%d waited_s=%.3f ran_s=%.3f%s",
+            job.id,
+            job.kind.value,
+            job.user.key,
+            job.state.value,
+            job.attempts,
+            max(running.started_at - job.created_at, 0.0),
+            now - running.started_at,
+            f" error={job.error.get('kind')}" if job.error else "",
+        )
         self._emit_end(job)
 
     async def _release(self, claimed: Job) -> None:
