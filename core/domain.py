@@ -77,6 +77,10 @@ class ImageParams:
             seed=self.seed,
         )
 
+    @classmethod
+    def from_request(cls, request: ImageRequest) -> "ImageParams":
+        return cls(**{name: getattr(request, name) for name in cls.__dataclass_fields__})
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -21,19 +21,7 @@ def resolve_params(params: ImageParams, engine: ImageEngine) -> ImageParams:
     """Check ``params`` against the engine's limits (BadParameter) and fill every
     default, the seed included: the queued job then reproduces the same picture even
     when it runs again after a restart."""
-    return params_of(params.to_request().resolve(engine.limits))
-
-
-def params_of(request: ImageRequest) -> ImageParams:
-    return ImageParams(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        width=request.width,
-        height=request.height,
-        steps=request.steps,
-        cfg=request.cfg,
-        seed=request.seed,
-    )
+    return ImageParams.from_request(params.to_request().resolve(engine.limits))
 
 
 def explicit_params(requested: ImageParams, message: str) -> ImageParams:
@@ -78,7 +66,7 @@ class ImageJobRunner:
         finally:
             if not image_job.done:  # the job was cancelled: stop denoising
                 await image_job.cancel()
-        used = params_of(result.request).to_dict()
+        used = ImageParams.from_request(result.request).to_dict()
         record = await self._store.save_image(job.id, job.user.key, result.png, used)
         sink.emit("image_ready", image_id=record.id, params=used)
         return {"image_id": record.id, "params": used}
