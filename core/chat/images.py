@@ -8,7 +8,6 @@ from dataclasses import replace
 
 from ovbot.core.domain import ImageParams, Job
 from ovbot.core.engines.base import ImageEngine
-from ovbot.core.engines.types import ImageRequest
 from ovbot.core.jobs.base import EventSink
 from ovbot.core.store.base import Store
 
