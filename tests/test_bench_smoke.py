@@ -1,10 +1,14 @@
-"""bench/ scripts run in a seconds-long smoke mode on the tiny models, so they cannot rot."""
+"""bench/ scripts run in a seconds-long smoke mode on tiny models, so they cannot rot."""
 
 from __future__ import annotations
 
 import re
 
 from bench.engine_bench import bench, parse_args
+
+NUMBER = re.compile(r"-?\d+(\.\d+)?(x|%| ms| s)?")
+#: cells that are not numbers but are allowed: skipped peers, verdicts, free text columns
+WORDS = {"n/a", "-", "met", "MISSED", "skipped"}
 
 
 def table_rows(report: str, header_start: str) -> list[list[str]]:
@@ -16,6 +20,30 @@ def table_rows(report: str, header_start: str) -> list[list[str]]:
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
     return rows
+
+
+def tables(report: str) -> list[tuple[list[str], str, list[list[str]]]]:
+    """Every markdown table in the report: (header cells, separator line, rows)."""
+    lines = report.splitlines()
+    found = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|-"):
+            header = [cell.strip() for cell in lines[i].strip("|").split("|")]
+            separator = lines[i + 1]
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([cell.strip() for cell in lines[i].strip("|").split("|")])
+                i += 1
+            found.append((header, separator, rows))
+        else:
+            i += 1
+    return found
+
+
+def is_value(cell: str) -> bool:
+    return bool(NUMBER.fullmatch(cell)) or cell in WORDS or cell.startswith((">= ", "best variant"))
 
 
 async def test_engine_bench_smoke(tiny_models) -> None:
@@ -35,3 +63,45 @@ async def test_engine_bench_smoke(tiny_models) -> None:
     lag = table_rows(report, "| load |")
     assert lag[0][0] == "4 chats + 1 image" and int(lag[0][1]) > 0
     assert all(float(cell) >= 0 for cell in lag[0][2:])
+
+
+async def test_bench_command_smoke(tiny_models, tmp_path) -> None:
+    """``python -m bench --smoke``: every section runs on the tiny models and every
+    table is well-formed (header, separator, rows of the header's width whose cells
+    after the label column are numbers, verdicts or n/a for skipped peers)."""
+    from bench.__main__ import LATEST, SECTIONS, parse_args as bench_args, run
+
+    latest_before = LATEST.read_bytes() if LATEST.exists() else None
+    args = bench_args(["--smoke", "--tiny-dir", str(tiny_models.llm.parent), "--out", str(tmp_path / "r.md")])
+    report = await run(args, log=lambda message: None)
+
+    assert report.startswith("# ovbot benchmark results")
+    assert "| OpenVINO |" in report and "| cores |" in report and "Date: " in report
+    for title in ("### LLM table", "### Single stream", "### Model variant table", "### Multi-turn table",
+                  "### Chat TTFT while an image", "### Event-loop table", "### Image table", "### Platform table"):
+        assert title in report, title
+    found = tables(report)
+    assert len(found) >= 10
+    for header, separator, rows in found:
+        assert len(separator.strip("|").split("|")) == len(header)
+        assert rows, header
+        for row in rows:
+            assert len(row) == len(header), (header, row)
+            if header[0] in ("machine", "target"):
+                continue
+            assert all(is_value(cell) for cell in row[2 if header[1] == "engine" else 1 :]), (header, row)
+
+    llm = next(rows for header, _, rows in found if header[:2] == ["chats", "engine"])
+    assert sorted({int(row[0]) for row in llm}) == [1, 2, 4, 8, 16]
+    for row in llm:
+        if row[1].startswith(("(a)", "(b)", "(c)")):  # OpenVINO engines always run
+            assert float(row[2]) > 0 and float(row[3]) >= 0, row
+    ratios = next(rows for header, _, rows in found if header[0] == "chats" and "(a)/(b) overhead" in header)
+    assert all(re.fullmatch(r"\d+\.\d\dx", row[1]) for row in ratios)
+    lag = next(rows for header, _, rows in found if header[0] == "load")
+    assert any(row[0].startswith("8 chats + 1 image") and int(row[1]) > 0 for row in lag)
+    turns = next(rows for header, _, rows in found if header[0] == "turn")
+    assert [row[0] for row in turns][:4] == ["turn 1", "turn 2", "turn 5", "turn 10"]
+    assert (tmp_path / "r.md").exists() is False  # run() returns the report; main() writes it
+    assert set(args.only) == set(SECTIONS)
+    assert (LATEST.read_bytes() if LATEST.exists() else None) == latest_before  # smoke never touches it

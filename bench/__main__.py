@@ -1,0 +1,221 @@
+"""ovbot benchmarks: one command, markdown tables, a results file.
+
+    python -m bench [--smoke] [--out bench/results/RESULTS.md] [--only llm,multiturn,variants,loop,image]
+
+Builds the real-shape random models once into a cache outside git
+(``$OVBOT_BENCH_MODELS_DIR`` or ``~/.cache/ovbot/bench-models``; ``--models-dir``), then
+measures ovbot against its peers and the machine's limit. ``--smoke`` runs the same code
+on the tiny test models in seconds (llama.cpp and diffusers peers skipped). A full run
+with every section also refreshes ``bench/LATEST.md`` (the copy the README links to).
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.common import Target, fmt, machine_description, table, verdict
+from bench.llm import LLMConfig, llm_section, multiturn_section, variants_section
+from bench.mixed import ImageConfig, image_section, shared_cpu_section
+from bench.models import BenchModels, build_real_models, default_cache, recorded_build_times, tiny_bench_models
+from bench.overhead import overhead_section
+from bench.platform import platform_section
+
+SECTIONS = ("llm", "variants", "multiturn", "loop", "image", "platform")
+#: sections that run only when named in --only
+EXTRA_SECTIONS = ("overhead",)
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = BENCH_DIR / "results" / "RESULTS.md"
+LATEST = BENCH_DIR / "LATEST.md"
+
+
+def smoke_configs() -> tuple[LLMConfig, ImageConfig]:
+    llm = LLMConfig(
+        concurrency=(1, 2, 4, 8, 16), new_tokens=16, repeats=1, llama_repeats=1, kv_cache_gb=1,
+        variant_tokens=16, variant_repeats=1, multiturn_turns=10, multiturn_tokens=4, multiturn_repeats=1,
+        bandwidth_mb=64,
+    )
+    image = ImageConfig(
+        size=(64, 64), short_steps=1, long_steps=2, repeats=1, probe_tokens=4, probes=2, lag_tokens=16,
+        lag_image_steps=2, contrast_tokens=8, kv_cache_gb=1,
+    )
+    return llm, image
+
+
+def tiny_models_root() -> Path:
+    configured = os.environ.get("OVBOT_TEST_MODELS_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return BENCH_DIR.parent / ".cache" / "test-models"
+
+
+def parse_sections(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in SECTIONS + EXTRA_SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}"
+        )
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny models, seconds long (what the tests run)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file (markdown)")
+    parser.add_argument("--only", type=parse_sections, default=SECTIONS, help=f"comma list of {','.join(SECTIONS + EXTRA_SECTIONS)} (default: all but {','.join(EXTRA_SECTIONS)})")
+    parser.add_argument("--models-dir", type=Path, default=None, help="real-shape model cache (default $OVBOT_BENCH_MODELS_DIR or ~/.cache/ovbot/bench-models)")
+    parser.add_argument("--tiny-dir", type=Path, default=None, help="tiny model dir for --smoke (default: the test suite's cache)")
+    parser.add_argument("--latest", type=Path, default=None, help="also write the report here (default: bench/LATEST.md after a full real run)")
+    parser.add_argument("--no-latest", action="store_true", help="never write bench/LATEST.md")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per measurement (median reported)")
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--concurrency", type=lambda s: tuple(int(x) for x in s.split(",")), default=None)
+    return parser.parse_args(argv)
+
+
+def prepare_models(args: argparse.Namespace, log) -> tuple[BenchModels, str]:
+    if args.smoke:
+        from ovbot.models.tiny import build_tiny_models
+
+        started = time.perf_counter()
+        tiny = build_tiny_models(args.tiny_dir or tiny_models_root())
+        took = time.perf_counter() - started
+        return tiny_bench_models(tiny.llm, tiny.image), f"tiny models ready in {took:.1f} s ({tiny.llm.parent})"
+    cache = (args.models_dir or default_cache()).expanduser()
+    parts = set()
+    if set(args.only) & {"llm", "variants", "multiturn", "loop", "overhead"}:
+        parts.add("llm")
+    if "llm" in args.only:
+        parts.add("gguf")
+    if set(args.only) & {"loop", "image"}:
+        parts.add("image")
+    started = time.perf_counter()
+    models = build_real_models(cache, parts, log)
+    took = time.perf_counter() - started
+    if models.build_s:
+        built = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in models.build_s.items())
+        summary = f"built this run in {took:.0f} s ({built}) into {cache}"
+    else:
+        recorded = recorded_build_times(cache)
+        total = sum(recorded.values())
+        detail = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in recorded.items())
+        summary = f"all cached in {cache} (checked in {took:.1f} s); the build took {total:.0f} s when it ran ({detail})"
+    return models, summary
+
+
+def configs(args: argparse.Namespace) -> tuple[LLMConfig, ImageConfig]:
+    llm, image = smoke_configs() if args.smoke else (LLMConfig(), ImageConfig())
+    if args.repeats is not None:
+        llm = replace(llm, repeats=args.repeats, llama_repeats=args.repeats, variant_repeats=args.repeats)
+        image = replace(image, repeats=args.repeats)
+    if args.new_tokens is not None:
+        llm = replace(llm, new_tokens=args.new_tokens, variant_tokens=args.new_tokens)
+    if args.concurrency is not None:
+        llm = replace(llm, concurrency=args.concurrency)
+    return llm, image
+
+
+def targets_table(targets: list[Target]) -> str:
+    rows = [[t.name, t.wanted, t.measured, verdict(t.ok)] for t in targets]
+    return table(["target", "wanted", "measured", "result"], rows, "lllr")
+
+
+async def run(args: argparse.Namespace, log=print) -> str:
+    """Run the selected sections and return the whole report (markdown)."""
+    started = time.perf_counter()
+    stamp = dt.datetime.now().astimezone()
+    models, model_summary = prepare_models(args, log)
+    llm_cfg, image_cfg = configs(args)
+    sections: list[str] = []
+    targets: list[Target] = []
+    notes: list[str] = list(models.notes)
+    timings: list[str] = []
+
+    async def timed(name: str, awaitable) -> None:
+        began = time.perf_counter()
+        log(f"== {name}")
+        text, found = await awaitable
+        sections.append(text)
+        targets.extend(found)
+        timings.append(f"{name} {time.perf_counter() - began:.0f} s")
+
+    async def llm() -> tuple[str, list[Target]]:
+        text, results = await llm_section(models, llm_cfg, log)
+        notes.extend(results.notes)
+        return text, results.targets
+
+    async def variants() -> tuple[str, list[Target]]:
+        return await asyncio.to_thread(variants_section, models, llm_cfg, log), []
+
+    if "llm" in args.only:
+        await timed("llm", llm())
+    if "variants" in args.only:
+        await timed("variants", variants())
+    if "multiturn" in args.only:
+        await timed("multiturn", multiturn_section(models, llm_cfg, log))
+    if "loop" in args.only:
+        await timed("loop", shared_cpu_section(models, image_cfg, log))
+    if "image" in args.only:
+        await timed("image", image_section(models, image_cfg, log, notes))
+    if "overhead" in args.only:
+        chats = (1, 8) if not args.smoke else (1, 4)
+        await timed("overhead", overhead_section(models, chats, llm_cfg.repeats, llm_cfg.new_tokens, llm_cfg.kv_cache_gb, log))
+    if "platform" in args.only:
+        await timed("platform", platform_section(models, log))
+
+    total = time.perf_counter() - started
+    machine = machine_description()
+    header = [
+        "# ovbot benchmark results" + (" (smoke mode: tiny models, numbers mean nothing)" if args.smoke else ""),
+        "",
+        f"Date: {stamp:%Y-%m-%d %H:%M %Z}. Command: `{getattr(args, 'command', 'python -m bench')}`.",
+        "",
+        table(["machine", ""], [[k, v] for k, v in machine.items()], "ll"),
+        "",
+        f"Models: {model_summary}.",
+        "",
+        f"Run time: {total:.0f} s ({', '.join(timings)}). The machine is shared and noisy: compare "
+        "figures within one run (ratios are taken between runs of the same section).",
+        "",
+        "## Targets",
+        "",
+        targets_table(targets) if targets else "(no target measured in this run)",
+    ]
+    body = header + ["", *[part for section in sections for part in (section, "")]]
+    if notes:
+        body += ["## Notes", "", *[f"- {note}" for note in notes], ""]
+    return "\n".join(body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    args.command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    report = asyncio.run(run(args, log))
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report + "\n", encoding="utf-8")
+    log(f"wrote {args.out}")
+    latest = args.latest
+    if latest is None and not args.no_latest and not args.smoke and set(args.only) == set(SECTIONS):
+        latest = LATEST
+    if latest is not None:
+        latest.write_text(report + "\n", encoding="utf-8")
+        log(f"wrote {latest}")
+
+
+if __name__ == "__main__":
+    main()
