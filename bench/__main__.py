@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import Target, fmt, machine_description, table, verdict
+from bench.common import NoiseMeter, Target, fmt, machine_description, table, verdict
 from bench.llm import LLMConfig, llm_section, multiturn_section, variants_section
 from bench.mixed import ImageConfig, image_section, shared_cpu_section
 from bench.models import BenchModels, build_real_models, default_cache, recorded_build_times, tiny_bench_models
@@ -143,7 +143,14 @@ async def run(args: argparse.Namespace, log=print) -> str:
     async def timed(name: str, awaitable) -> None:
         began = time.perf_counter()
         log(f"== {name}")
+        noise = NoiseMeter()
+        noise.start()
         text, found = await awaitable
+        other = noise.other_share()
+        if other is not None:
+            text += f"\n\nOther processes on this machine used {100 * other:.0f}% of the CPU during this section."
+            if other > 0.10:
+                notes.append(f"{name}: other processes used {100 * other:.0f}% of the CPU while it ran; its figures are noisier")
         sections.append(text)
         targets.extend(found)
         timings.append(f"{name} {time.perf_counter() - began:.0f} s")

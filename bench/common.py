@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -185,3 +186,52 @@ def machine_description() -> dict[str, str]:
 
 def dir_size_mb(path: Path, pattern: str = "*.bin") -> float:
     return sum(p.stat().st_size for p in Path(path).rglob(pattern)) / 1e6
+
+
+# --------------------------------------------------------------------------- noise
+
+
+class NoiseMeter:
+    """How much of the CPU processes outside this benchmark used during a section: the
+    machine may be shared, and a figure taken while something else ran is worth less."""
+
+    def __init__(self) -> None:
+        self._start: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        try:
+            fields = Path("/proc/stat").read_text(encoding="utf-8").splitlines()[0].split()[1:]
+            ticks = os.sysconf("SC_CLK_TCK")
+            values = [int(v) for v in fields]
+            busy = (sum(values[:8]) - values[3] - values[4]) / ticks  # all but idle and iowait
+            me = psutil.Process()
+            times = me.cpu_times()
+            own = times.user + times.system + times.children_user + times.children_system
+            for child in me.children(recursive=True):
+                try:
+                    child_times = child.cpu_times()
+                    own += child_times.user + child_times.system
+                except psutil.Error:
+                    pass
+            return time.monotonic(), busy, own
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def other_share(self) -> float | None:
+        """Share of all cores used by other processes since ``start`` (0..1)."""
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        elapsed = end[0] - self._start[0]
+        if elapsed <= 0:
+            return None
+        other = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        return max(0.0, other / (elapsed * (os.cpu_count() or 1)))

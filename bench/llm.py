@@ -4,12 +4,12 @@ model variant table and the multi-turn (prefix caching) table."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,22 +74,6 @@ def _offset(concurrency: int, repeat: int) -> int:
     """Distinct user messages for every (concurrency, repeat); the same ones for every
     engine, so they all see the same prompts."""
     return 1000 * (repeat + 1) + 20 * concurrency
-
-
-# --------------------------------------------------------------------------- (a) ovbot
-
-
-async def run_ovbot(models: BenchModels, workload: Workload, cfg: LLMConfig, log: Callable[[str], None]) -> tuple[dict[int, ChatRun], float]:
-    config = worker_config(models.main_llm, None, max_num_seqs=max(cfg.concurrency), kv_cache_gb=cfg.kv_cache_gb)
-    runs: dict[int, ChatRun] = {}
-    async with BotHarness(config) as harness:
-        await gather_chats(harness, workload.chats(2, offset=90000), 8)  # warm-up, caches the system prompt
-        for n in cfg.concurrency:
-            samples = [await gather_chats(harness, workload.chats(n, _offset(n, r)), cfg.new_tokens) for r in range(cfg.repeats)]
-            runs[n] = median_run(samples)
-            log(f"  (a) ovbot {n} chats: {runs[n].tokens_per_s:.1f} tok/s")
-        load_s = harness.load_s
-    return runs, load_s
 
 
 # --------------------------------------------------------------------------- (b) raw CB
@@ -159,67 +143,56 @@ class RawCB:
         )
 
 
-def run_raw_cb(models: BenchModels, workload: Workload, cfg: LLMConfig, log: Callable[[str], None]) -> tuple[dict[int, ChatRun], float]:
-    started = time.perf_counter()
-    pipe = load_raw_cb(models.main_llm, max(cfg.concurrency), cfg.kv_cache_gb)
-    load_s = time.perf_counter() - started
-    raw = RawCB(pipe)
-    raw.run(workload.chats(2, offset=90000), 8)
-    runs: dict[int, ChatRun] = {}
-    for n in cfg.concurrency:
-        runs[n] = median_run([raw.run(workload.chats(n, _offset(n, r)), cfg.new_tokens) for r in range(cfg.repeats)])
-        log(f"  (b) raw CB {n} chats: {runs[n].tokens_per_s:.1f} tok/s")
-    del raw, pipe
-    gc.collect()
-    return runs, load_s
-
-
 # --------------------------------------------------------------------------- (c) one at a time
 
 
-def run_llm_pipeline(models: BenchModels, workload: Workload, cfg: LLMConfig, log: Callable[[str], None]) -> tuple[dict[int, ChatRun], float]:
-    """One sequence of max(concurrency) requests served one after another; the row for
-    N chats is the first N of them (a one-at-a-time server has no interaction between
-    requests), the 1-chat row is the median single request."""
-    import openvino as ov
-    import openvino_genai as og
+class OneAtATime:
+    """LLMPipeline serving one request after another (a default single-user bot)."""
 
-    started = time.perf_counter()
-    pipe = og.LLMPipeline(str(models.main_llm), "CPU")
-    load_s = time.perf_counter() - started
-    config = og.GenerationConfig()
-    config.max_new_tokens = cfg.new_tokens
-    config.ignore_eos = True
+    def __init__(self, llm_dir: Path) -> None:
+        import openvino as ov
+        import openvino_genai as og
 
-    class FirstToken(og.StreamerBase):
-        def __init__(self) -> None:
-            super().__init__()
-            self.at: float | None = None
+        self._og, self._ov = og, ov
+        started = time.perf_counter()
+        self._pipe = og.LLMPipeline(str(llm_dir), "CPU")
+        self.load_s = time.perf_counter() - started
 
-        def write(self, token: Any) -> Any:
-            if self.at is None:
-                self.at = time.perf_counter()
-            return og.StreamingStatus.RUNNING
+    def one(self, chat: Chat, new_tokens: int) -> tuple[float, float, int]:
+        """(TTFT, duration, generated tokens) of one request."""
+        og = self._og
+        config = og.GenerationConfig()
+        config.max_new_tokens = new_tokens
+        config.ignore_eos = True
 
-        def end(self) -> None:
-            pass
+        class FirstToken(og.StreamerBase):
+            def __init__(self) -> None:
+                super().__init__()
+                self.at: float | None = None
 
-    def one(chat: Chat, new_tokens: int) -> tuple[float, float, int]:
+            def write(self, token: Any) -> Any:
+                if self.at is None:
+                    self.at = time.perf_counter()
+                return og.StreamingStatus.RUNNING
+
+            def end(self) -> None:
+                pass
+
         streamer = FirstToken()
         begin = time.perf_counter()
-        result = pipe.generate(ov.Tensor(np.array([chat.ids], dtype=np.int64)), config if new_tokens == cfg.new_tokens else _short(og, new_tokens), streamer)
+        result = self._pipe.generate(self._ov.Tensor(np.array([chat.ids], dtype=np.int64)), config, streamer)
         end = time.perf_counter()
-        generated = sum(len(t) for t in result.tokens)
-        return (streamer.at or end) - begin, end - begin, generated
+        return (streamer.at or end) - begin, end - begin, sum(len(t) for t in result.tokens)
 
-    one(workload.chat(90000), 8)  # warm-up
-    count = max(cfg.concurrency)
-    sequence = [one(chat, cfg.new_tokens) for chat in workload.chats(count, _offset(count, 0))]
+
+def sequence_runs(sequence: list[tuple[float, float, int]], concurrency: Sequence[int]) -> dict[int, ChatRun]:
+    """Rows of the one-at-a-time engine from one sequence of requests: N chats arriving
+    together are served in order, so row N is the first N requests of the sequence; the
+    1-chat row is the median single request."""
     runs: dict[int, ChatRun] = {}
-    for n in cfg.concurrency:
+    for n in concurrency:
         if n == 1:
-            ordered = sorted(sequence, key=lambda s: s[1])
-            ttft, duration, generated = ordered[(len(ordered) - 1) // 2]
+            ttft, duration, generated = sorted(sequence, key=lambda s: s[1])[(len(sequence) - 1) // 2]
             runs[1] = ChatRun("llm-pipeline", 1, generated, duration, [ttft], ends=[duration])
             continue
         clock = 0.0
@@ -230,17 +203,7 @@ def run_llm_pipeline(models: BenchModels, workload: Workload, cfg: LLMConfig, lo
             ends.append(clock)
             tokens += generated
         runs[n] = ChatRun("llm-pipeline", n, tokens, clock, ttfts, ends=ends)
-        log(f"  (c) LLMPipeline {n} chats: {runs[n].tokens_per_s:.1f} tok/s")
-    del pipe
-    gc.collect()
-    return runs, load_s
-
-
-def _short(og: Any, new_tokens: int) -> Any:
-    config = og.GenerationConfig()
-    config.max_new_tokens = new_tokens
-    config.ignore_eos = True
-    return config
+    return runs
 
 
 # --------------------------------------------------------------------------- (d) llama.cpp
@@ -270,34 +233,28 @@ def extra_bufts_work(gguf: Path) -> bool:
     return done.returncode == 0 and "ok" in done.stdout
 
 
-def run_llama(models: BenchModels, workload: Workload, cfg: LLMConfig, log: Callable[[str], None]) -> tuple[dict[int, ChatRun], float, list[str]]:
-    notes: list[str] = []
+def load_llama(models: BenchModels, workload: Workload, cfg: LLMConfig) -> tuple[Any, list[str]]:
+    """The llama.cpp peer, or None with the reason."""
     if models.gguf is None or not models.gguf.is_file():
-        return {}, 0.0, ["(d) llama.cpp skipped: no GGUF model (llama-cpp-python missing or conversion failed)"]
+        return None, ["(d) llama.cpp skipped: no GGUF model (llama-cpp-python missing or conversion failed)"]
     try:
         from bench.llama_peer import LlamaBatched
     except ImportError as exc:
-        return {}, 0.0, [f"(d) llama.cpp skipped: {exc}"]
+        return None, [f"(d) llama.cpp skipped: {exc}"]
+    notes = []
     extra = extra_bufts_work(models.gguf)
     if not extra:
         notes.append(
             "(d) llama.cpp runs without its CPU extra buffer types (weight repacking/AMX): with them "
-            "llama_decode crashed in the AMX kernel on this machine (probe in a child process)"
+            "llama_decode crashed on this machine (probed in a child process); see bench/README.md"
         )
-    prompts_tokens = max(len(c.ids) for c in workload.chats(max(cfg.concurrency), _offset(max(cfg.concurrency), 0)))
-    n_ctx = max(2048, (max(cfg.concurrency) + 1) * (prompts_tokens + cfg.new_tokens + 16))
+    longest = max(len(c.ids) for c in workload.chats(max(cfg.concurrency), _offset(max(cfg.concurrency), 0)))
+    n_ctx = max(2048, (max(cfg.concurrency) + 1) * (longest + cfg.new_tokens + 32))
     peer = LlamaBatched(models.gguf, n_seq_max=max(cfg.concurrency) + 1, n_ctx=n_ctx, extra_bufts=extra)
-    try:
-        warm = workload.chats(2, offset=90000)
-        peer.cache_prefix(os.path.commonprefix([list(c.ids) for c in warm]))
-        peer.run([c.ids for c in warm], 8)
-        runs: dict[int, ChatRun] = {}
-        for n in cfg.concurrency:
-            runs[n] = median_run([peer.run([c.ids for c in workload.chats(n, _offset(n, r))], cfg.new_tokens) for r in range(cfg.llama_repeats)])
-            log(f"  (d) llama.cpp {n} chats: {runs[n].tokens_per_s:.1f} tok/s")
-        return runs, peer.load_s, notes
-    finally:
-        peer.close()
+    warm = workload.chats(2, offset=90000)
+    peer.cache_prefix(os.path.commonprefix([list(c.ids) for c in warm]))
+    peer.run([c.ids for c in warm], 8)
+    return peer, notes
 
 
 # --------------------------------------------------------------------------- roofline
@@ -394,19 +351,53 @@ def single_stream_table(results: LLMResults) -> str:
 
 
 async def llm_section(models: BenchModels, cfg: LLMConfig, log: Callable[[str], None]) -> tuple[str, LLMResults]:
+    """All four engines loaded at once and run back to back for every (repeat,
+    concurrency), so drift in the machine's speed hits them alike."""
     workload = Workload(models.main_llm)
     results = LLMResults()
-    log("LLM table: (a) ovbot through the job queue")
-    results.runs["a"], results.load_s["a"] = await run_ovbot(models, workload, cfg, log)
-    log("LLM table: (b) raw ContinuousBatchingPipeline")
-    results.runs["b"], results.load_s["b"] = run_raw_cb(models, workload, cfg, log)
-    log("LLM table: (c) LLMPipeline one at a time")
-    results.runs["c"], results.load_s["c"] = run_llm_pipeline(models, workload, cfg, log)
-    log("LLM table: (d) llama.cpp")
-    runs_d, results.load_s["d"], notes = run_llama(models, workload, cfg, log)
-    if runs_d:
-        results.runs["d"] = runs_d
-    results.notes += notes
+    samples: dict[str, dict[int, list[ChatRun]]] = {k: {} for k in "abd"}
+    config = worker_config(models.main_llm, None, max_num_seqs=max(cfg.concurrency), kv_cache_gb=cfg.kv_cache_gb)
+    sequence_length = max(cfg.concurrency)
+    sequence_chats = workload.chats(sequence_length, _offset(sequence_length, 0) + 500)
+    sequence: list[tuple[float, float, int]] = []
+    async with BotHarness(config) as harness:
+        results.load_s["a"] = harness.load_s
+        await gather_chats(harness, workload.chats(2, offset=90000), 8)  # warm-up, caches the system prompt
+        started = time.perf_counter()
+        raw = RawCB(await asyncio.to_thread(load_raw_cb, models.main_llm, max(cfg.concurrency), cfg.kv_cache_gb))
+        results.load_s["b"] = time.perf_counter() - started
+        await asyncio.to_thread(raw.run, workload.chats(2, offset=90000), 8)
+        one = await asyncio.to_thread(OneAtATime, models.main_llm)
+        results.load_s["c"] = one.load_s
+        await asyncio.to_thread(one.one, workload.chat(90000), 8)
+        peer, notes = await asyncio.to_thread(load_llama, models, workload, cfg)
+        results.notes += notes
+        if peer is not None:
+            results.load_s["d"] = peer.load_s
+        try:
+            for repeat in range(cfg.repeats):
+                for n in cfg.concurrency:
+                    chats = workload.chats(n, _offset(n, repeat))
+                    done = {"a": await gather_chats(harness, chats, cfg.new_tokens)}
+                    done["b"] = await asyncio.to_thread(raw.run, chats, cfg.new_tokens)
+                    if peer is not None and repeat < cfg.llama_repeats:
+                        done["d"] = await asyncio.to_thread(peer.run, [c.ids for c in chats], cfg.new_tokens)
+                    if repeat == 0:  # the one-at-a-time sequence grows to n requests
+                        while len(sequence) < n:
+                            sequence.append(await asyncio.to_thread(one.one, sequence_chats[len(sequence)], cfg.new_tokens))
+                    for key, run in done.items():
+                        samples[key].setdefault(n, []).append(run)
+                    log(f"  repeat {repeat + 1}, {n} chats: " + ", ".join(f"({k}) {r.tokens_per_s:.1f}" for k, r in done.items()) + " tok/s")
+        finally:
+            if peer is not None:
+                peer.close()
+            del raw, one
+            gc.collect()
+    for key, by_n in samples.items():
+        if by_n:
+            results.runs[key] = {n: median_run(runs) for n, runs in by_n.items()}
+    results.runs["c"] = sequence_runs(sequence, cfg.concurrency)
+    results.runs = {k: results.runs[k] for k in "abcd" if k in results.runs}
     log("bandwidth roofline")
     results.bandwidth_gbs = read_bandwidth_gbs(cfg.bandwidth_mb)
     results.weights_mb = dir_size_mb(models.main_llm, "openvino_model.bin")
@@ -417,8 +408,10 @@ async def llm_section(models: BenchModels, cfg: LLMConfig, log: Callable[[str], 
         f"{workload.count(workload.chats(1, 5)[0].user)}-token user message per chat "
         f"(whole prompt {min(prompt_tokens)}-{max(prompt_tokens)} tokens with the chat template), "
         f"{cfg.new_tokens} new tokens, EOS ignored, greedy. Same token ids for every engine. "
-        f"Median of {cfg.repeats} runs for (a) and (b), {cfg.llama_repeats} for (d); (c) is one "
-        f"sequence of {max(cfg.concurrency)} requests (row N = its first N, 1-chat row = median request). "
+        f"The engines run back to back for every concurrency and repeat (interleaved, so drift in the "
+        f"machine's speed hits all alike); median of {cfg.repeats} runs for (a) and (b), "
+        f"{min(cfg.llama_repeats, cfg.repeats)} for (d); (c) is one sequence of {max(cfg.concurrency)} requests, "
+        f"grown alongside the first repeat (row N = its first N, 1-chat row = median request). "
         f"Load times: " + ", ".join(f"({k}) {v:.1f} s" for k, v in results.load_s.items() if v) + "."
     )
     ovbot_tokens = [t for run in results.runs["a"].values() for t in run.prompt_tokens]
@@ -456,32 +449,42 @@ async def llm_section(models: BenchModels, cfg: LLMConfig, log: Callable[[str], 
 
 
 def variants_section(models: BenchModels, cfg: LLMConfig, log: Callable[[str], None]) -> str:
+    """All variants loaded at once and measured in turns (interleaved, like the LLM table)."""
+    loaded = {}
+    for name in LLM_VARIANTS:
+        path = models.llm[name]
+        started = time.perf_counter()
+        raw = RawCB(load_raw_cb(path, 8, cfg.kv_cache_gb))
+        load_s = time.perf_counter() - started
+        workload = Workload(path)
+        raw.run(workload.chats(2, offset=90000), 8)
+        loaded[name] = (raw, workload, load_s, path)
+    singles: dict[str, list[ChatRun]] = {name: [] for name in loaded}
+    eights: dict[str, list[ChatRun]] = {name: [] for name in loaded}
+    for r in range(cfg.variant_repeats):
+        for name, (raw, workload, _, _) in loaded.items():
+            singles[name].append(raw.run([workload.chat(50000 + 10 * r)], cfg.variant_tokens))
+    for name, (raw, workload, _, _) in loaded.items():
+        eights[name].append(raw.run(workload.chats(8, 60000), cfg.variant_tokens))
     rows = []
     base_tps = None
-    for name, (_, description) in LLM_VARIANTS.items():
-        path = models.llm[name]
-        workload = Workload(path)
-        started = time.perf_counter()
-        pipe = load_raw_cb(path, 8, cfg.kv_cache_gb)
-        load_s = time.perf_counter() - started
-        raw = RawCB(pipe)
-        raw.run(workload.chats(2, offset=90000), 8)
-        singles = [raw.run([workload.chat(50000 + 10 * r)], cfg.variant_tokens) for r in range(cfg.variant_repeats)]
-        tps = median([s.decode_tokens_per_s for s in singles])
-        ttft = median([s.ttfts[0] for s in singles])
-        eight = raw.run(workload.chats(8, 60000), cfg.variant_tokens)
+    for name, (raw, workload, load_s, path) in loaded.items():
+        tps = median([s.decode_tokens_per_s for s in singles[name]])
+        ttft = median([s.ttfts[0] for s in singles[name]])
+        eight = median([s.tokens_per_s for s in eights[name]])
         base_tps = base_tps or tps
         rows.append([
-            f"{name}: {description}", fmt(dir_size_mb(path, "openvino_model.bin"), 0), fmt(load_s, 1),
-            fmt(ttft, 2), fmt(tps), ratio(tps, base_tps), fmt(eight.tokens_per_s),
+            f"{name}: {LLM_VARIANTS[name][1]}", fmt(dir_size_mb(path, "openvino_model.bin"), 0), fmt(load_s, 1),
+            fmt(ttft, 2), fmt(tps), ratio(tps, base_tps), fmt(eight),
         ])
-        log(f"  variant {name}: {tps:.1f} tok/s single, {eight.tokens_per_s:.1f} tok/s at 8")
-        del raw, pipe
-        gc.collect()
+        log(f"  variant {name}: {tps:.1f} tok/s single, {eight:.1f} tok/s at 8")
+    loaded.clear()
+    gc.collect()
     intro = (
-        f"ContinuousBatchingPipeline with ovbot's scheduler settings, CPU; single stream: median of "
-        f"{cfg.variant_repeats} requests (~200-token prompt, {cfg.variant_tokens} new tokens); "
-        f"8 chats: one run. The export with the best single-stream decode rate is the CPU recommendation."
+        f"ContinuousBatchingPipeline with ovbot's scheduler settings, CPU, all variants loaded and run in "
+        f"turns; single stream: median of {cfg.variant_repeats} requests (~200-token prompt, "
+        f"{cfg.variant_tokens} new tokens); 8 chats: one run each. The export with the best single-stream "
+        f"decode rate is the CPU recommendation."
     )
     title = "### Model variant table (CPU)" + (" (smoke: all rows are the same tiny model)" if models.tiny else "")
     return "\n\n".join([title, intro, table(

@@ -105,3 +105,15 @@ async def test_bench_command_smoke(tiny_models, tmp_path) -> None:
     assert (tmp_path / "r.md").exists() is False  # run() returns the report; main() writes it
     assert set(args.only) == set(SECTIONS)
     assert (LATEST.read_bytes() if LATEST.exists() else None) == latest_before  # smoke never touches it
+
+
+async def test_bench_overhead_section_smoke(tiny_models) -> None:
+    """The optional interleaved overhead breakdown (queue vs worker vs raw pipeline)."""
+    from bench.__main__ import parse_args as bench_args, run
+
+    args = bench_args(["--smoke", "--tiny-dir", str(tiny_models.llm.parent), "--only", "overhead"])
+    report = await run(args, log=lambda message: None)
+    found = tables(report)
+    rows = next(rows for header, _, rows in found if header[:2] == ["chats", "path"])
+    assert [row[0] for row in rows] == ["1", "1", "1", "4", "4", "4"]
+    assert all(float(row[2]) > 0 and row[4].endswith("x") for row in rows)
