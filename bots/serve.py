@@ -178,7 +178,10 @@ def _signal_handlers(handler: Callable[[int], None]) -> Iterator[None]:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # the protocol named explicitly: asyncio turns on TCP_NODELAY only for sockets whose
+    # proto is IPPROTO_TCP (connections inherit it), and without it every response on a
+    # kept-alive connection waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

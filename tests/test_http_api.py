@@ -69,7 +69,7 @@ class Served:
 @contextlib.asynccontextmanager
 async def serving(make_app: Callable[[int], App]) -> AsyncIterator[Served]:
     """Start the App, serve create_app(app) with uvicorn on a free loopback port."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, as serve binds
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = make_app(port)

@@ -161,3 +161,30 @@ async def test_running_job_is_requeued_at_shutdown_and_finishes_after_restart(
             png = await client.get(job["result"]["url"])
             assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
         assert await restarted.stop() == 0, restarted.output
+
+
+async def test_served_connections_disable_nagle() -> None:
+    """Connections accepted on serve's socket get TCP_NODELAY from asyncio; without it a
+    response on a kept-alive connection waited ~40 ms for the client's delayed ACK."""
+    import socket
+
+    from ovbot.bots.serve import _bind
+
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    listener = _bind("127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+    try:
+        port = listener.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(accepted, 10) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
