@@ -51,7 +51,7 @@ def setup_dev(python: Path) -> None:
     """Runtime + conversion + test extras at the versions in constraints.txt (tested
     together, and pip needs no backtracking through the converters' wide ranges)."""
     pip(python, TORCH)
-    pip(python, "-c", "constraints.txt", "-e", ".[convert,test]")
+    pip(python, "-c", "constraints.txt", "-e", ".[convert,test,bench]")
     run(python, "-m", "pip", "uninstall", "-y", "-q", "torchvision")
 
 

@@ -27,7 +27,7 @@ from bench.llm import LLMConfig, llm_section, multiturn_section, variants_sectio
 from bench.mixed import ImageConfig, image_section, shared_cpu_section
 from bench.models import BenchModels, build_real_models, default_cache, recorded_build_times, tiny_bench_models
 from bench.overhead import overhead_section
-from bench.platform import platform_section
+from bench.platform import PlatformConfig, platform_section, smoke_platform_config
 
 SECTIONS = ("llm", "variants", "multiturn", "loop", "image", "platform")
 #: sections that run only when named in --only
@@ -96,8 +96,10 @@ def prepare_models(args: argparse.Namespace, log) -> tuple[BenchModels, str]:
         parts.add("llm")
     if "llm" in args.only:
         parts.add("gguf")
-    if set(args.only) & {"loop", "image"}:
+    if set(args.only) & {"loop", "image", "platform"}:
         parts.add("image")
+    if "platform" in args.only:
+        parts.add("llm")
     started = time.perf_counter()
     models = build_real_models(cache, parts, log)
     took = time.perf_counter() - started
@@ -177,7 +179,11 @@ async def run(args: argparse.Namespace, log=print) -> str:
         chats = (1, 8) if not args.smoke else (1, 4)
         await timed("overhead", overhead_section(models, chats, llm_cfg.repeats, llm_cfg.new_tokens, llm_cfg.kv_cache_gb, log))
     if "platform" in args.only:
-        await timed("platform", platform_section(models, log))
+        from ovbot.models.tiny import build_tiny_models
+
+        tiny = build_tiny_models(args.tiny_dir or tiny_models_root())  # cached after the first build
+        platform_cfg = smoke_platform_config() if args.smoke else PlatformConfig()
+        await timed("platform", platform_section(models, tiny.llm, tiny.image, platform_cfg, log))
 
     total = time.perf_counter() - started
     machine = machine_description()

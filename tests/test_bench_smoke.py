@@ -9,6 +9,7 @@ from bench.engine_bench import bench, parse_args
 NUMBER = re.compile(r"-?\d+(\.\d+)?(x|%| ms| s)?")
 #: cells that are not numbers but are allowed: skipped peers, verdicts, free text columns
 WORDS = {"n/a", "-", "met", "MISSED", "skipped"}
+FREE_TEXT_COLUMNS = {"rejection reasons"}
 
 
 def table_rows(report: str, header_start: str) -> list[list[str]]:
@@ -89,7 +90,8 @@ async def test_bench_command_smoke(tiny_models, tmp_path) -> None:
             assert len(row) == len(header), (header, row)
             if header[0] in ("machine", "target"):
                 continue
-            assert all(is_value(cell) for cell in row[2 if header[1] == "engine" else 1 :]), (header, row)
+            values = [cell for name, cell in zip(header, row) if name not in FREE_TEXT_COLUMNS]
+            assert all(is_value(cell) for cell in values[2 if header[1] == "engine" else 1 :]), (header, row)
 
     llm = next(rows for header, _, rows in found if header[:2] == ["chats", "engine"])
     assert sorted({int(row[0]) for row in llm}) == [1, 2, 4, 8, 16]
@@ -117,3 +119,39 @@ async def test_bench_overhead_section_smoke(tiny_models) -> None:
     rows = next(rows for header, _, rows in found if header[:2] == ["chats", "path"])
     assert [row[0] for row in rows] == ["1", "1", "1", "4", "4", "4"]
     assert all(float(row[2]) > 0 and row[4].endswith("x") for row in rows)
+
+
+async def test_bench_platform_section_smoke(tiny_models) -> None:
+    """The platform table on the tiny models: overhead split adds up, every turn of the
+    concurrent sessions is accounted for (none lost), the capped queue rejects with a
+    reason, ``ovbot serve`` becomes ready three times, RSS is measured."""
+    from bench.models import tiny_bench_models
+    from bench.platform import platform_section, smoke_platform_config
+
+    cfg = smoke_platform_config()
+    report, targets = await platform_section(
+        tiny_bench_models(tiny_models.llm, tiny_models.image), tiny_models.llm, tiny_models.image, cfg, lambda m: None
+    )
+    found = {header[0]: rows for header, _, rows in tables(report)}
+    overhead = {row[0]: [float(cell) for cell in row[1:]] for row in found["ms per turn"]}
+    assert overhead["overhead (end-to-end minus engine)"][0] > 0
+    assert overhead["engine (LLM call)"][0] > 0
+    assert overhead["end-to-end (client)"][2] >= overhead["engine (LLM call)"][0]
+
+    runs = {row[0]: row for row in found["run"]}
+    turns = cfg.sessions * cfg.turns_per_session
+    for row in runs.values():
+        assert int(row[2]) == turns and int(row[5]) == 0, row  # nothing lost
+        assert int(row[3]) + int(row[4]) == turns, row  # every turn completed or rejected
+    capped = runs[f"queue capped at {cfg.capped_queue}"]
+    assert int(capped[4]) > 0 and "queue_full" in capped[9], capped
+    assert int(runs["default settings"][3]) == turns
+
+    starts = found["start"]
+    assert [row[0].split(",")[1].strip() for row in starts] == [
+        "no compile cache (default)", "empty compile cache (cold)", "filled compile cache (warm)"
+    ]
+    assert all(float(row[1]) > 0 for row in starts)
+    rss = {row[0]: float(row[1]) for row in found["RSS"]}
+    assert 0 < rss["after start (ready)"] <= rss["peak, sampled sum"]
+    assert {t.name: t.ok for t in targets}[f"lost turns at {cfg.sessions} HTTP sessions"] is True
