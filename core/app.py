@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from ovbot.core.config import Settings
 from ovbot.core.domain import Job, JobKind
 from ovbot.core.engines.base import Engines
+from ovbot.core.errors import OvbotError
 from ovbot.core.jobs.base import EventSink, JobHandler, JobQueue
 from ovbot.core.metrics import Metrics
 from ovbot.core.store.base import Store
@@ -32,6 +34,8 @@ log = logging.getLogger("ovbot.app")
 
 #: how long a readiness probe waits for the database before calling it down
 _PING_TIMEOUT_S = 2.0
+#: the answer grammar compiles in seconds; more than this means the engine is in trouble
+_WARM_UP_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +169,7 @@ class App:
             self.queue.register(JobKind.CHAT, self._handler(JobKind.CHAT, self.service.run_chat_job))
             self.queue.register(JobKind.IMAGE, self._handler(JobKind.IMAGE, self.service.run_image_job))
             self.metrics.watch_queue(self.queue.depth)
+            await self._warm_up()
             self._cleanup = stack.pop_all()
         self._initialized = True
         log.info("app initialized (engine=%s, database=%s)", self.settings.engine, self.settings.database_path)
@@ -231,6 +236,21 @@ class App:
             checks["database"] = Check(False, type(exc).__name__)
         checks["queue"] = Check(self._running, "running" if self._running else "stopped")
         return Readiness(checks, dict(self.queue.depth()))
+
+    async def _warm_up(self) -> None:
+        """Before ready: the first chat should not pay for one-time engine work. A failed
+        warm-up only costs the first user that time, so it is logged, not fatal (a remote
+        engine may be down at start and come back later)."""
+        warm_up = getattr(self.service, "warm_up", None)
+        if warm_up is None:
+            return
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(warm_up(), _WARM_UP_TIMEOUT_S)
+        except (OvbotError, asyncio.TimeoutError) as exc:
+            log.warning("engine warm-up failed (%s); the first chat will be slower", type(exc).__name__)
+            return
+        log.info("engines warmed up in %.1f s", time.monotonic() - started)
 
     # ---------------------------------------------------------------- wiring
     def _handler(self, kind: JobKind, run: JobHandler) -> JobHandler:

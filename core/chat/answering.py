@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ovbot.core.chat.answer_stream import AnswerStreamParser, answer_schema
 from ovbot.core.engines.base import LLMEngine
@@ -91,6 +91,18 @@ class AnswerGenerator:
     def __init__(self, llm: LLMEngine, settings: AnswerSettings | None = None) -> None:
         self._llm = llm
         self.settings = settings or AnswerSettings()
+
+    async def warm_up(self) -> None:
+        """One token under the answer grammar, so the engine compiles it now and not
+        while the first user waits (seconds over a real vocabulary, and a local engine
+        stalls every running chat while it compiles). The token is thrown away; an
+        answer cut off after one token is the expected outcome."""
+        options = replace(self.settings.options(), max_new_tokens=1, think=False, temperature=0.0)
+        stream = await self._llm.stream([ChatMessage("user", "Hello")], options)
+        try:
+            await stream.result()
+        except InvalidStructuredOutput:
+            pass
 
     async def generate(
         self, messages: Sequence[ChatMessage], sink: EventSink, show_reasoning: bool

@@ -85,6 +85,10 @@ class ChatService:
         self._answers = AnswerGenerator(engines.llm, answers or AnswerSettings())
         self._images = ImageJobRunner(engines.image, store)
 
+    async def warm_up(self) -> None:
+        """Prepare the engines for the first user (compile the answer grammar)."""
+        await self._answers.warm_up()
+
     # ------------------------------------------------------------------ submitting
     async def submit_chat(
         self,

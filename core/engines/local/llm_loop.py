@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ovbot.core.engines.local.detokenizer import IncrementalDetokenizer
@@ -29,6 +29,8 @@ log = logging.getLogger("ovbot.engine.llm")
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+#: the answer phase's pipeline request id is the chat's id plus this (ids must differ)
+_ANSWER_ID_OFFSET = 1 << 40
 
 
 @dataclass(slots=True)
@@ -42,20 +44,33 @@ class _Active:
     sent_first: bool = False
     generated: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: set while a structured answer is still reasoning: how to go on once it stops
+    reasoning: _Reasoning | None = None
 
 
-def build_structured_output(og: Any, json_schema: str, reasoning: bool, max_chars: int | None) -> Any:
-    """Grammar for the answer. With reasoning on, free text up to ``</think>`` comes
-    first and only the answer is constrained, so the model still thinks."""
+@dataclass(slots=True)
+class _Reasoning:
+    """Reasoning runs unconstrained (stopping at ``</think>``); the answer then runs as a
+    second pipeline request on the prompt + the reasoning's own token ids, constrained by
+    the JSON grammar. Prefix caching makes that second prefill nearly free.
+
+    Why not one request with a grammar "free text up to </think>, then JSON": a bounded
+    reasoning length in the grammar (``[\\s\\S]{0,1500}?</think>``) is a regex with
+    thousands of states, and XGrammar took ~45 s per request over the real 151936-token
+    vocabulary (measured on the real-shape model), stalling every chat in the batch."""
+
+    request: SubmitChat
+    prompt_ids: list[int]
+    generated_ids: list[int] = field(default_factory=list)
+    chars: int = 0
+
+
+def build_structured_output(og: Any, json_schema: str) -> Any:
+    """The answer's grammar. XGrammar caches it per schema: only a schema's first use
+    compiles it (seconds for bounded strings over a real vocabulary; the chat service
+    warms its schema up at start)."""
     config = og.StructuredOutputConfig()
-    if not reasoning:
-        config.json_schema = json_schema
-        return config
-    bound = "*" if max_chars is None else "{0,%d}" % max_chars
-    think = og.StructuredOutputConfig.Regex(r"[\s\S]" + bound + "?" + THINK_CLOSE + r"\s*")
-    config.compound_grammar = og.StructuredOutputConfig.Concat(
-        think, og.StructuredOutputConfig.JSONSchema(json_schema)
-    )
+    config.json_schema = json_schema
     return config
 
 
@@ -135,10 +150,16 @@ class LLMLoop:
                 return True
 
     def _admit(self, request: SubmitChat) -> None:
+        if request.max_reasoning_chars == 0:
+            request = replace(request, think=False)  # no room to think: answer at once
         try:
             prompt, in_reasoning = self._prompts.build(request)
             tokens = self._tokenizer.encode(prompt, add_special_tokens=False).input_ids
-            config = self._generation_config(request)
+            reasoning_first = in_reasoning and request.json_schema is not None
+            config = self._generation_config(request, request.max_new_tokens, constrained=not reasoning_first)
+            if reasoning_first:
+                config.stop_strings = {THINK_CLOSE}
+                config.include_stop_str_in_output = True
             handle = self._pipe.add_request(request.request_id, tokens, config)
         except Exception as exc:  # a bad schema or template error fails only this request
             log.warning("request %s rejected: %s", request.request_id, exc)
@@ -152,12 +173,13 @@ class LLMLoop:
             handle=handle,
             detok=IncrementalDetokenizer(self._decode),
             submitted_at=time.monotonic(),
+            reasoning=_Reasoning(request, [int(i) for i in tokens.data[0]]) if reasoning_first else None,
         )
         self._send(ChatStarted(request.request_id, prompt_tokens, in_reasoning))
 
-    def _generation_config(self, request: SubmitChat) -> Any:
+    def _generation_config(self, request: SubmitChat, max_new_tokens: int, constrained: bool) -> Any:
         config = self._og.GenerationConfig()
-        config.max_new_tokens = request.max_new_tokens
+        config.max_new_tokens = max_new_tokens
         config.ignore_eos = request.ignore_eos
         if request.temperature > 0:
             config.do_sample = True
@@ -165,11 +187,61 @@ class LLMLoop:
             config.top_p = request.top_p
         if request.seed is not None:
             config.rng_seed = request.seed
-        if request.json_schema is not None:
-            config.structured_output_config = build_structured_output(
-                self._og, request.json_schema, request.think, request.max_reasoning_chars
-            )
+        if constrained and request.json_schema is not None:
+            config.structured_output_config = build_structured_output(self._og, request.json_schema)
         return config
+
+    def _reasoning_over(self, active: _Active, status: str) -> str | None:
+        """Text to add when the reasoning phase is over ("" if the model closed it
+        itself), or None while it goes on or when the whole request ends here."""
+        reasoning = active.reasoning
+        assert reasoning is not None
+        if status == "RUNNING":
+            bound = reasoning.request.max_reasoning_chars
+            return f"\n{THINK_CLOSE}\n\n" if bound is not None and reasoning.chars > bound else None
+        if status != "FINISHED" or active.finish_reason == "length":
+            return None  # dropped, ignored or out of tokens: finishes as it is
+        closed = self._decode(reasoning.generated_ids[-8:]).rstrip().endswith(THINK_CLOSE)
+        return "" if closed else f"\n{THINK_CLOSE}\n\n"
+
+    def _switch_to_answer(self, active: _Active, closing: str, deltas: list[tuple[int, str]]) -> bool:
+        """Start the answer phase; False when the request ends here instead (no tokens
+        left, or the answer request could not be added)."""
+        try:
+            switch = self._start_answer(active, closing)
+        except Exception as exc:  # the answer's grammar or prompt failed: end with what came
+            log.warning("request %s: answer phase failed: %s", active.request_id, exc)
+            active.reasoning = None
+            return False
+        if switch:
+            deltas.append((active.request_id, switch))
+        return active.finish_reason != "length"
+
+    def _start_answer(self, active: _Active, closing: str) -> str:
+        """Replace the reasoning request by the constrained answer request; returns the
+        text to stream for the switch (the closing tag when it was added here)."""
+        import numpy as np
+        import openvino as ov
+
+        reasoning = active.reasoning
+        assert reasoning is not None
+        active.reasoning = None
+        if active.handle.get_status().name == "RUNNING":
+            active.handle.cancel()  # cut at the reasoning bound
+        tail = active.detok.flush()
+        request = reasoning.request
+        remaining = request.max_new_tokens - active.generated
+        if remaining <= 0:
+            active.finish_reason = "length"
+            return tail
+        ids = reasoning.prompt_ids + reasoning.generated_ids
+        if closing:
+            ids += [int(i) for i in self._tokenizer.encode(closing, add_special_tokens=False).input_ids.data[0]]
+        config = self._generation_config(request, remaining, constrained=True)
+        tokens = ov.Tensor(np.array([ids], dtype=np.int64))
+        active.handle = self._pipe.add_request(request.request_id + _ANSWER_ID_OFFSET, tokens, config)
+        active.detok = IncrementalDetokenizer(self._decode)
+        return tail + closing
 
     def _cancel(self, request_id: int) -> None:
         active = self._active.pop(request_id, None)
@@ -197,10 +269,20 @@ class LLMLoop:
                         )
                     active.generated += len(ids)
                     text = active.detok.add(ids)
+                    if active.reasoning is not None:
+                        active.reasoning.generated_ids.extend(int(i) for i in ids)
+                        active.reasoning.chars += len(text)
                     if text:
                         deltas.append((active.request_id, text))
                     if str(output.finish_reason).endswith("LENGTH"):
                         active.finish_reason = "length"
+            if active.reasoning is not None:
+                closing = self._reasoning_over(active, status.name)
+                if closing is not None:
+                    if self._switch_to_answer(active, closing, deltas):
+                        continue  # the answer request runs from the next step on
+                    finished.append(active)
+                    continue
             if status.name != "RUNNING":
                 finished.append(active)
         if deltas or first_tokens:
