@@ -333,7 +333,7 @@ async def test_cancel_queued_and_running_jobs_only_by_their_owner(served: Served
     # the running one reports its progress, then stops when cancelled
     async def progressing() -> bool:
         job = (await served.client.get(f"/jobs/{running}")).json()
-        return job["state"] == "running" and job["progress"] is not None
+        return job["state"] == "running" and job["progress"] is not None and job["progress"]["step"] >= 1
 
     await wait_until(progressing)
     job = (await served.client.get(f"/jobs/{running}")).json()

@@ -304,9 +304,49 @@ async def test_worker_crash_fails_in_flight_and_restarts(engines: LocalEngines) 
     assert result.metrics.generated_tokens >= 1
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no process priorities on this OS")
+async def test_images_run_in_their_own_lowest_priority_process(engines: LocalEngines) -> None:
+    stats = await engines.stats()
+    image_pid = stats["image_pid"]
+    assert image_pid not in (None, stats["pid"], os.getpid())
+    assert os.getpriority(os.PRIO_PROCESS, image_pid) == 19  # chat gets the cores first
+    assert os.getpriority(os.PRIO_PROCESS, stats["pid"]) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+async def test_image_process_crash_fails_the_image_and_restarts(engines: LocalEngines) -> None:
+    job = await engines.image.generate(ImageRequest("a long one", steps=40, seed=3))
+    async for event in job:
+        if event.step >= 1:
+            break
+    old_worker = engines.worker_pid
+    os.kill((await engines.stats())["image_pid"], signal.SIGKILL)
+
+    with pytest.raises(EngineUnavailable):
+        await job.result()
+
+    async def ready_again() -> bool:
+        return engines.health().ready and engines.worker_pid != old_worker
+
+    await wait_for(ready_again, timeout=60)
+    image = await (await engines.image.generate(ImageRequest("after the crash", steps=2))).result()
+    assert decode(image.png).size == (64, 64)
+    chat = await (await engines.llm.stream(HELLO, GenerationOptions(max_new_tokens=4))).result()
+    assert chat.metrics.generated_tokens >= 1
+
+
 async def test_start_with_broken_model_dir_is_a_clear_error(tiny_models, tmp_path) -> None:
     (tmp_path / "openvino_model.xml").write_text("not xml")
     engines = LocalEngines(worker_config(tiny_models, llm_dir=str(tmp_path)), start_timeout_s=60)
+    with pytest.raises(EngineUnavailable) as caught:
+        await engines.start()
+    assert "could not load the models" in caught.value.user_message
+    assert engines.health().state == "down"
+    await engines.close()
+
+
+async def test_start_with_broken_image_model_is_a_clear_error(tiny_models, tmp_path) -> None:
+    (tmp_path / "model_index.json").write_text("{}")
+    engines = LocalEngines(worker_config(tiny_models, image_dir=str(tmp_path)), start_timeout_s=60)
     with pytest.raises(EngineUnavailable) as caught:
         await engines.start()
     assert "could not load the models" in caught.value.user_message

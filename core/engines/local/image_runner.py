@@ -1,12 +1,12 @@
-"""The worker's image thread: one Text2ImagePipeline, one image at a time.
+"""The image process's runner thread: one Text2ImagePipeline, one image at a time.
 
 Sharing two CPU cores with chat: chat has priority. Between two denoising steps the
 step callback checks whether chat requests are running and, if so, waits until they are
 done — but never longer than ``max_pause_s`` since the image last made progress, so a
 busy chat cannot starve images forever. A chat reply therefore waits at most for the
 one UNet step that is already running, and an image under constant chat load still
-advances at least one step every ``max_pause_s``. ``generate()`` releases the GIL, so
-this thread runs alongside the chat loop.
+advances at least one step every ``max_pause_s``. The step already running shares the
+cores with chat at the lowest priority (see ``image_process``).
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class ImageRunner:
         chat_busy: threading.Event,
         max_pause_s: float,
         model_name: str,
+        paused: Any = None,
     ) -> None:
         self._pipelines = pipelines
         self._send = send
@@ -100,7 +101,18 @@ class ImageRunner:
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
         self.current: int | None = None
-        self.paused_s = 0.0
+        #: seconds spent waiting for chat, shared with the worker (a multiprocessing.Value)
+        self._paused = paused
+
+    @property
+    def paused_s(self) -> float:
+        return float(self._paused.value) if self._paused is not None else 0.0
+
+    def cancel_all(self) -> None:
+        """Stop the running image at its next step (shutdown)."""
+        with self._lock:
+            if self.current is not None:
+                self._cancelled.add(self.current)
 
     @property
     def queued(self) -> int:
@@ -185,4 +197,5 @@ class ImageRunner:
             if remaining <= 0:
                 break
             time.sleep(min(0.02, remaining))
-        self.paused_s += time.monotonic() - paused_from
+        if self._paused is not None:
+            self._paused.value += time.monotonic() - paused_from

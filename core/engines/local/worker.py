@@ -1,14 +1,16 @@
 """Entry point of the engine worker process.
 
-The worker owns both OpenVINO pipelines. Threads inside it: the main thread runs the
-chat loop (``step()`` holds this process's GIL, harming nobody else), one thread runs
-images, one receives commands. Everything the parent needs comes back as protocol
-messages over the pipe; a lock serialises sends from the three threads.
+The worker owns the chat pipeline; its main thread runs the chat loop (``step()`` holds
+this process's GIL, harming nobody else) and one thread receives commands. Images run in
+a child process at the lowest CPU priority (``image_process``) whose messages the worker
+relays. Everything the parent needs comes back as protocol messages over the pipe; a
+lock serialises sends from the threads.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import threading
 import traceback
@@ -31,7 +33,7 @@ from ovbot.core.engines.local.protocol import (
 log = logging.getLogger("ovbot.engine.worker")
 
 
-def _device_properties(config: WorkerConfig) -> dict[str, Any]:
+def device_properties(config: WorkerConfig) -> dict[str, Any]:
     if config.compile_cache_dir:
         return {"CACHE_DIR": config.compile_cache_dir}
     return {}
@@ -44,7 +46,7 @@ def _load_llm(og: Any, config: WorkerConfig) -> Any:
     scheduler.enable_prefix_caching = True
     scheduler.dynamic_split_fuse = True
     return og.ContinuousBatchingPipeline(
-        config.llm_dir, scheduler, config.llm_device, _device_properties(config)
+        config.llm_dir, scheduler, config.llm_device, device_properties(config)
     )
 
 
@@ -53,7 +55,8 @@ class Worker:
         self._conn = conn
         self._config = config
         self._send_lock = threading.Lock()
-        self._chat_busy = threading.Event()
+        #: set while chat runs; shared with the image process, which yields to it
+        self._chat_busy = multiprocessing.get_context("spawn").Event()
         self._llm_loop: Any = None
         self._images: Any = None
 
@@ -64,44 +67,31 @@ class Worker:
     def load(self) -> tuple[str, ...]:
         import openvino_genai as og
 
-        from ovbot.core.engines.local.image_runner import ImagePipelines, ImageRunner
+        from ovbot.core.engines.local.image_process import ImageProcess
         from ovbot.core.engines.local.llm_loop import LLMLoop
 
         loaded: list[str] = []
+        if self._config.image_dir:  # loads in its own process while the LLM loads here
+            self._images = ImageProcess(self._config, self.send, self._chat_busy)
         if self._config.llm_dir:
             self._llm_loop = LLMLoop(og, _load_llm(og, self._config), self.send, self._chat_busy)
             loaded.append("llm")
-        if self._config.image_dir:
-            pipelines = ImagePipelines(
-                og,
-                self._config.image_dir,
-                self._config.image_device,
-                self._config.image_limits,
-                _device_properties(self._config),
-            )
-            self._images = ImageRunner(
-                pipelines,
-                self.send,
-                self._chat_busy,
-                self._config.image_max_pause_s,
-                self._config.image_model_name,
-            )
+        if self._images is not None:
+            self._images.wait_ready()
             loaded.append("image")
         return tuple(loaded)
 
     def serve(self) -> None:
         receiver = threading.Thread(target=self._receive, name="ovbot-receiver", daemon=True)
         receiver.start()
-        image_thread = None
-        if self._images is not None:
-            image_thread = threading.Thread(target=self._images.run, name="ovbot-image", daemon=True)
-            image_thread.start()
-        if self._llm_loop is not None:
-            self._llm_loop.run()
-        else:
-            receiver.join()
-        if image_thread is not None:
-            self._images.inbox.put(None)
+        try:
+            if self._llm_loop is not None:
+                self._llm_loop.run()
+            else:
+                receiver.join()
+        finally:
+            if self._images is not None:
+                self._images.stop()
 
     def _receive(self) -> None:
         while True:
@@ -112,8 +102,6 @@ class Worker:
             if isinstance(message, Shutdown):
                 if self._llm_loop is not None:
                     self._llm_loop.inbox.put(None)
-                if self._images is not None:
-                    self._images.inbox.put(None)
                 return
             self._route(message)
 
@@ -129,7 +117,7 @@ class Worker:
                     RequestFailed(message.request_id, "engine_unavailable", "No image model is loaded.")
                 )
             else:
-                self._images.inbox.put(message)
+                self._images.submit(message)
         elif isinstance(message, Cancel):
             if message.kind == "image" and self._images is not None:
                 self._images.cancel(message)
@@ -147,6 +135,7 @@ class Worker:
             "chat_busy": self._chat_busy.is_set(),
             "chat_steps": chat.steps_total if chat else 0,
             "chat_peak_batch": chat.peak_batch if chat else 0,
+            "image_pid": images.process.pid if images else None,
             "image_running": images.current is not None if images else False,
             "image_queued": images.queued if images else 0,
             "image_paused_s": round(images.paused_s, 3) if images else 0.0,
