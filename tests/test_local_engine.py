@@ -334,19 +334,10 @@ async def test_image_process_crash_fails_the_image_and_restarts(engines: LocalEn
     assert chat.metrics.generated_tokens >= 1
 
 
-async def test_start_with_broken_model_dir_is_a_clear_error(tiny_models, tmp_path) -> None:
-    (tmp_path / "openvino_model.xml").write_text("not xml")
-    engines = LocalEngines(worker_config(tiny_models, llm_dir=str(tmp_path)), start_timeout_s=60)
-    with pytest.raises(EngineUnavailable) as caught:
-        await engines.start()
-    assert "could not load the models" in caught.value.user_message
-    assert engines.health().state == "down"
-    await engines.close()
-
-
-async def test_start_with_broken_image_model_is_a_clear_error(tiny_models, tmp_path) -> None:
-    (tmp_path / "model_index.json").write_text("{}")
-    engines = LocalEngines(worker_config(tiny_models, image_dir=str(tmp_path)), start_timeout_s=60)
+@pytest.mark.parametrize("role, broken_file", [("llm_dir", "openvino_model.xml"), ("image_dir", "model_index.json")])
+async def test_start_with_broken_model_dir_is_a_clear_error(tiny_models, tmp_path, role, broken_file) -> None:
+    (tmp_path / broken_file).write_text("not a model")
+    engines = LocalEngines(worker_config(tiny_models, **{role: str(tmp_path)}), start_timeout_s=60)
     with pytest.raises(EngineUnavailable) as caught:
         await engines.start()
     assert "could not load the models" in caught.value.user_message
