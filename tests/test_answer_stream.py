@@ -211,3 +211,9 @@ def test_schema_bounds() -> None:
     unbounded = answer_schema(None, None)
     assert "maxLength" not in unbounded["properties"][RESPONSE_KEY]
     assert answer_schema() is not answer_schema()
+    # long bounds stay out of the grammar (slow token masks over a real vocabulary)
+    default = answer_schema()
+    assert "maxLength" not in default["properties"][RESPONSE_KEY]
+    assert default["properties"][IMAGE_PROMPT_KEY]["maxLength"] == 250
+    assert answer_schema(256, 257)["properties"][RESPONSE_KEY]["maxLength"] == 256
+    assert "maxLength" not in answer_schema(256, 257)["properties"][IMAGE_PROMPT_KEY]

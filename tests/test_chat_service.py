@@ -286,6 +286,29 @@ async def test_cut_off_answer_keeps_what_arrived(make_harness: HarnessFactory, m
     assert [t.content for t in stored] == ["tell me a long story", text]
 
 
+async def test_reply_longer_than_the_limit_is_cut_there(make_harness: HarnessFactory) -> None:
+    # a limit above grammar_max_length stays out of the grammar (the real default: 2000 >
+    # 256); the generator stops the stream at the limit, the reply that got through stands
+    # and the engine's slot is freed
+    answers = AnswerSettings(
+        response_max_chars=12, grammar_max_length=8, max_reasoning_chars=0, max_new_tokens=2000, seed=5
+    )
+    assert "maxLength" not in answers.options().json_schema["properties"]["assistant_response"]  # type: ignore[index]
+    harness = await make_harness(answers=answers)
+    job, events = await harness.chat("tell me everything")
+
+    assert job.state is JobState.DONE, job.error
+    text = text_of(events)
+    assert len(text) == 12 and text == job.result["text"]  # type: ignore[index]
+    assert "image_job_id" not in job.result  # type: ignore[operator]
+    assert [t.content for t in await turns_of(harness, job.conversation_id)] == ["tell me everything", text]
+    for _ in range(100):
+        if (await harness.engines.stats())["chat_active"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await harness.engines.stats())["chat_active"] == 0
+
+
 # ---------------------------------------------------------------- images
 
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ovbot.core.chat.answer_stream import AnswerStreamParser, answer_schema
+from ovbot.core.chat.answer_stream import GRAMMAR_MAX_LENGTH, AnswerStreamParser, answer_schema
 from ovbot.core.engines.base import LLMEngine
 from ovbot.core.engines.streams import LLMStream
 from ovbot.core.engines.types import ChatMessage, GenerationOptions
@@ -29,13 +29,18 @@ class AnswerSettings:
 
     The bounds work together: reasoning (``max_reasoning_chars``) and the JSON answer
     share ``max_new_tokens`` (``None``: the engine's default, 1024 tokens by default),
-    so ~1500 characters of thinking (~450 tokens) leave room for a full answer. The
-    ``maxLength`` bounds make the grammar close the JSON instead of running into the
-    token limit; ``None`` removes a bound.
+    so ~1500 characters of thinking (~450 tokens) leave room for a full answer. Bounds up
+    to ``grammar_max_length`` go into the grammar as ``maxLength`` (the model must close
+    the string); longer ones are enforced here, by stopping the stream at the limit,
+    because long ``maxLength`` bounds make every token ~15x slower on a real vocabulary.
+    ``None`` removes a bound.
     """
 
     response_max_chars: int | None = 2000
-    image_prompt_max_chars: int | None = 500
+    #: Stable Diffusion's text encoder reads ~77 tokens (~300 characters) anyway
+    image_prompt_max_chars: int | None = 250
+    #: bounds above this stay out of the grammar and are enforced while reading
+    grammar_max_length: int = GRAMMAR_MAX_LENGTH
     max_reasoning_chars: int | None = 1500
     max_new_tokens: int | None = None
     temperature: float = 0.6
@@ -45,7 +50,9 @@ class AnswerSettings:
         return GenerationOptions(
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
-            json_schema=answer_schema(self.response_max_chars, self.image_prompt_max_chars),
+            json_schema=answer_schema(
+                self.response_max_chars, self.image_prompt_max_chars, self.grammar_max_length
+            ),
             think=True,
             max_reasoning_chars=self.max_reasoning_chars,
             seed=self.seed,
@@ -65,17 +72,26 @@ class Answer:
 
 class _ReplyText:
     """The reply as sent so far; leading whitespace is held back, so a reply that never
-    gets past whitespace sends nothing and can be replaced by the fallback cleanly."""
+    gets past whitespace sends nothing and can be replaced by the fallback cleanly. At
+    ``max_chars`` it is full: what goes beyond is dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_chars: int | None) -> None:
         self._parts: list[str] = []
+        self._room = max_chars
 
     def add(self, text: str) -> str:
         if not self._parts:
             text = text.lstrip()
+        if self._room is not None:
+            text = text[: self._room]
+            self._room -= len(text)
         if text:
             self._parts.append(text)
         return text
+
+    @property
+    def full(self) -> bool:
+        return self._room is not None and self._room <= 0
 
     @property
     def text(self) -> str:
@@ -91,6 +107,11 @@ class AnswerGenerator:
     def __init__(self, llm: LLMEngine, settings: AnswerSettings | None = None) -> None:
         self._llm = llm
         self.settings = settings or AnswerSettings()
+
+    def _reader_limit(self) -> int | None:
+        """The reply limit this generator enforces: the grammar holds the small ones."""
+        limit = self.settings.response_max_chars
+        return limit if limit is not None and limit > self.settings.grammar_max_length else None
 
     async def warm_up(self) -> None:
         """One token under the answer grammar, so the engine compiles it now and not
@@ -109,12 +130,16 @@ class AnswerGenerator:
     ) -> Answer:
         stream = await self._llm.stream(messages, self.settings.options())
         parser = AnswerStreamParser()
-        reply = _ReplyText()
+        reply = _ReplyText(self._reader_limit())
         reasoning: list[str] = []
         try:
             await self._relay(stream, parser, reply, reasoning, sink, show_reasoning)
-            await stream.result()
-            broken = False
+            if reply.full:  # the limit the grammar does not enforce: stop here, keep the reply
+                log.info("answer reached %s characters: stopped", self.settings.response_max_chars)
+                broken = True
+            else:
+                await stream.result()
+                broken = False
         except InvalidStructuredOutput as exc:
             log.info(
                 "structured answer unusable (truncated=%s): keeping %d characters",
@@ -149,6 +174,8 @@ class AnswerGenerator:
             text = reply.add(parser.feed(delta.text))
             if text:
                 sink.emit("text", text)
+            if reply.full:
+                return
 
     def _finish(
         self, reply: _ReplyText, parser: AnswerStreamParser, reasoning: str, sink: EventSink, broken: bool
