@@ -40,7 +40,7 @@ import httpx
 from bench.common import Target, fmt, percentile, table
 from bench.models import BenchModels
 
-from ovbot.core.domain import ChatRef, JobState
+from ovbot.core.domain import ChatRef, JobKind, JobState
 from ovbot.core.engines.types import ChatMessage, GenerationOptions
 
 HTTP_OVERHEAD_P99_MS = 5.0
@@ -280,6 +280,8 @@ class LoadResult:
     lost_detail: Counter[str]
     latencies_s: list[float]
     wall_s: float
+    #: image jobs the answers asked for, still running when the last answer came
+    image_follow_ups: int = 0
 
 
 async def _sessions(base_url: str, cfg: PlatformConfig) -> tuple[list[tuple[str, str, float]], float]:
@@ -334,7 +336,11 @@ async def concurrent_sessions(
         async with serving(app) as base_url:
             # the client in its own thread and loop: the server's loop serves only requests
             outcomes, wall = await asyncio.to_thread(asyncio.run, _sessions(base_url, cfg))
-            unfinished = await app.store.jobs_in_states([JobState.QUEUED, JobState.RUNNING])
+            # chat jobs only: a turn whose answer asked for a picture queues an image job,
+            # which may still be running now (it is not the turn, and not lost)
+            pending = await app.store.jobs_in_states([JobState.QUEUED, JobState.RUNNING])
+            unfinished = [job for job in pending if job.kind is JobKind.CHAT]
+            follow_ups = len(pending) - len(unfinished)
             stored: dict[str, int] = {}
             for number in range(cfg.sessions):
                 user = f"session{number}"
@@ -357,12 +363,13 @@ async def concurrent_sessions(
         if turns != 2 * completed[user]:  # a user message and an answer per completed turn
             lost[f"{user}: {turns} stored messages for {completed[user]} completed turns"] += 1
     if unfinished:
-        lost[f"{len(unfinished)} jobs still queued or running after every answer"] += len(unfinished)
+        lost[f"{len(unfinished)} chat jobs still queued or running after every answer"] += len(unfinished)
     turns = cfg.sessions * cfg.turns_per_session
     if len(outcomes) != turns:
         lost[f"{turns - len(outcomes)} turns without any outcome"] += turns - len(outcomes)
     result = LoadResult(
-        label, cfg.sessions, turns, sum(completed.values()), rejected, sum(lost.values()), lost, latencies, wall
+        label, cfg.sessions, turns, sum(completed.values()), rejected, sum(lost.values()), lost, latencies, wall,
+        follow_ups,
     )
     log(f"  {label}: {result.completed}/{turns} completed, {sum(rejected.values())} rejected, {result.lost} lost")
     return result
@@ -611,7 +618,7 @@ def render(
             str(load.lost),
             fmt(percentile(load.latencies_s, 0.5), 2) if load.latencies_s else "n/a",
             fmt(percentile(load.latencies_s, 0.95), 2) if load.latencies_s else "n/a",
-            fmt(load.completed / load.wall_s, 1), reasons,
+            fmt(load.completed / load.wall_s, 1), str(load.image_follow_ups), reasons,
         ])
     start_rows = [[start.label, fmt(start.ready_s, 1)] for start in starts]
     lost = sum(load.lost for load in loads)
@@ -631,11 +638,12 @@ def render(
         f"{cfg.sessions} sessions at once, each a distinct user sending {cfg.turns_per_session} turns one after "
         "another (`POST /chat`, waiting for the answer). Rejected = an error body with a reason, the turn not "
         "stored; lost = anything else (counted from the responses and from the database: every completed turn "
-        "must have its question and answer stored, no job may be left queued or running).",
+        "must have its question and answer stored, no chat job may be left queued or running). Images "
+        "pending = picture jobs that answers asked for, still running after the last answer.",
         table(
             ["run", "sessions", "turns", "completed", "rejected", "lost", "latency p50 s",
-             "latency p95 s", "turns/s", "rejection reasons"],
-            load_rows, "lrrrrrrrrl",
+             "latency p95 s", "turns/s", "images pending", "rejection reasons"],
+            load_rows, "lrrrrrrrrrl",
         ),
         "#### Start-to-ready",
         "`ovbot serve` in a new process with a fresh database until `GET /ready` answers 200 (Python start, "

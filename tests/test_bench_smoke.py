@@ -144,7 +144,7 @@ async def test_bench_platform_section_smoke(tiny_models) -> None:
         assert int(row[2]) == turns and int(row[5]) == 0, row  # nothing lost
         assert int(row[3]) + int(row[4]) == turns, row  # every turn completed or rejected
     capped = runs[f"queue capped at {cfg.capped_queue}"]
-    assert int(capped[4]) > 0 and "queue_full" in capped[9], capped
+    assert int(capped[4]) > 0 and "queue_full" in capped[10], capped
     assert int(runs["default settings"][3]) == turns
 
     starts = found["start"]
