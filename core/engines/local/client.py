@@ -38,7 +38,7 @@ from ovbot.core.engines.local.protocol import (
     SubmitImage,
     WorkerConfig,
 )
-from ovbot.core.engines.local.worker import worker_main
+from ovbot.core.engines.local.worker import stop_child, worker_main
 from ovbot.core.engines.schema import check_json_schema
 from ovbot.core.engines.streams import ImageJob, LLMStream
 from ovbot.core.engines.types import (
@@ -119,11 +119,7 @@ class _WorkerProcess:
             return False
 
     def stop(self, timeout: float) -> None:
-        self.send(Shutdown())
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
+        stop_child(self.process, lambda: self.send(Shutdown()), timeout)
         self._conn.close()
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ovbot.core.engines.local.worker import device_properties, stop_child
 from ovbot.core.engines.local.protocol import (
     Cancel,
     Fatal,
@@ -56,7 +57,6 @@ def _lower_priority() -> None:
 def image_process_main(conn: Connection, config: WorkerConfig, chat_busy: Any, paused: Any) -> None:
     """Process target: load the image pipeline, report Ready (or Fatal), then serve."""
     from ovbot.core.engines.local.image_runner import ImagePipelines, ImageRunner
-    from ovbot.core.engines.local.worker import device_properties
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _lower_priority()
@@ -170,11 +170,7 @@ class ImageProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
-        self._pipe_send(Shutdown())
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
+        stop_child(self.process, lambda: self._pipe_send(Shutdown()), timeout)
         self._conn.close()
 
     def _pipe_send(self, message: object) -> bool:

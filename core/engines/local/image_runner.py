@@ -90,7 +90,7 @@ class ImageRunner:
         chat_busy: threading.Event,
         max_pause_s: float,
         model_name: str,
-        paused: Any = None,
+        paused: Any,
     ) -> None:
         self._pipelines = pipelines
         self._send = send
@@ -106,7 +106,7 @@ class ImageRunner:
 
     @property
     def paused_s(self) -> float:
-        return float(self._paused.value) if self._paused is not None else 0.0
+        return float(self._paused.value)
 
     def cancel_all(self) -> None:
         """Stop the running image at its next step (shutdown)."""
@@ -197,5 +197,4 @@ class ImageRunner:
             if remaining <= 0:
                 break
             time.sleep(min(0.02, remaining))
-        if self._paused is not None:
-            self._paused.value += time.monotonic() - paused_from
+        self._paused.value += time.monotonic() - paused_from

@@ -29,6 +29,8 @@ log = logging.getLogger("ovbot.engine.llm")
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+#: what ends reasoning when the model did not (think=False prompts, the reasoning bound)
+CLOSE_REASONING = f"\n{THINK_CLOSE}\n\n"
 #: the answer phase's pipeline request id is the chat's id plus this (ids must differ)
 _ANSWER_ID_OFFSET = 1 << 40
 
@@ -85,7 +87,7 @@ class ChatPromptBuilder:
         prompt = self._tokenizer.apply_chat_template(history, add_generation_prompt=True)
         opens_thinking = prompt.rstrip().endswith(THINK_OPEN)
         if opens_thinking and not request.think:
-            prompt += f"\n{THINK_CLOSE}\n\n"
+            prompt += CLOSE_REASONING
         return prompt, opens_thinking and request.think
 
 
@@ -103,6 +105,8 @@ class LLMLoop:
         self._pipe = pipeline
         self._tokenizer = pipeline.get_tokenizer()
         self._prompts = ChatPromptBuilder(self._tokenizer)
+        encoded = self._tokenizer.encode(CLOSE_REASONING, add_special_tokens=False).input_ids
+        self._close_ids = [int(i) for i in encoded.data[0]]
         self._send = send
         self._busy = busy
         self.inbox: queue.Queue[SubmitChat | Cancel | None] = queue.Queue()
@@ -198,11 +202,11 @@ class LLMLoop:
         assert reasoning is not None
         if status == "RUNNING":
             bound = reasoning.request.max_reasoning_chars
-            return f"\n{THINK_CLOSE}\n\n" if bound is not None and reasoning.chars > bound else None
+            return CLOSE_REASONING if bound is not None and reasoning.chars > bound else None
         if status != "FINISHED" or active.finish_reason == "length":
             return None  # dropped, ignored or out of tokens: finishes as it is
         closed = self._decode(reasoning.generated_ids[-8:]).rstrip().endswith(THINK_CLOSE)
-        return "" if closed else f"\n{THINK_CLOSE}\n\n"
+        return "" if closed else CLOSE_REASONING
 
     def _switch_to_answer(self, active: _Active, closing: str, deltas: list[tuple[int, str]]) -> bool:
         """Start the answer phase; False when the request ends here instead (no tokens
@@ -236,7 +240,7 @@ class LLMLoop:
             return tail
         ids = reasoning.prompt_ids + reasoning.generated_ids
         if closing:
-            ids += [int(i) for i in self._tokenizer.encode(closing, add_special_tokens=False).input_ids.data[0]]
+            ids += self._close_ids
         config = self._generation_config(request, remaining, constrained=True)
         tokens = ov.Tensor(np.array([ids], dtype=np.int64))
         active.handle = self._pipe.add_request(request.request_id + _ANSWER_ID_OFFSET, tokens, config)

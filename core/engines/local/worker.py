@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -31,6 +32,15 @@ from ovbot.core.engines.local.protocol import (
 )
 
 log = logging.getLogger("ovbot.engine.worker")
+
+
+def stop_child(process: Any, ask_to_stop: Callable[[], object], timeout: float) -> None:
+    """Ask a child process to stop, give it ``timeout`` seconds, then kill it."""
+    ask_to_stop()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
 
 
 def device_properties(config: WorkerConfig) -> dict[str, Any]:
