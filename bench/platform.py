@@ -145,24 +145,30 @@ class TimedEngines:
 # --------------------------------------------------------------------------- in-process server
 
 
-def tiny_settings(llm: Path, image: Path, data_dir: Path, cfg: PlatformConfig, **overrides: Any) -> Any:
+def app_settings(llm: Path, image: Path | None, data_dir: Path, max_new_tokens: int, **overrides: Any) -> Any:
+    """Settings for an in-process App of the bench: local model dirs (nothing is
+    downloaded), a fresh data dir, no ``.env``, quiet logs; ``overrides`` win."""
     from ovbot.core.config import Settings
 
     values: dict[str, Any] = dict(
         _env_file=None,
         llm_model_dir=llm,
         image_model_dir=image,
-        image_sizes=["64x64"],
-        image_default_size="64x64",
-        image_default_steps=2,
-        max_new_tokens=cfg.max_new_tokens,
-        kv_cache_gb=1,
+        auto_download=False,
+        max_new_tokens=max_new_tokens,
         data_dir=data_dir,
-        api_keys=[API_KEY],
         log_level="WARNING",
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def tiny_settings(llm: Path, image: Path, data_dir: Path, cfg: PlatformConfig, **overrides: Any) -> Any:
+    values: dict[str, Any] = dict(
+        image_sizes=["64x64"], image_default_size="64x64", image_default_steps=2, kv_cache_gb=1, api_keys=[API_KEY]
+    )
+    values.update(overrides)
+    return app_settings(llm, image, data_dir, cfg.max_new_tokens, **values)
 
 
 @contextlib.asynccontextmanager
@@ -181,7 +187,7 @@ async def serving(app: Any) -> AsyncIterator[str]:
     await app.start()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(app, base_url=base_url), lifespan="off", log_config=None, access_log=False,
+            create_app(app.bot, app.settings, app.metrics, base_url=base_url), lifespan="off", log_config=None, access_log=False,
             log_level="warning", backlog=4096,
         )
     )

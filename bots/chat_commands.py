@@ -8,22 +8,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from pathlib import Path
 
+from ovbot.core.app import App
+from ovbot.core.bot import Bot, TurnOptions
 from ovbot.core.config import Settings, load_settings
+from ovbot.core.domain import ChatRef, UserRef
 from ovbot.core.engines.base import Engines
 from ovbot.core.engines.factory import build_engines
-from ovbot.core.engines.types import ChatMessage, GenerationOptions, ImageRequest
-from ovbot.core.errors import EngineError
+from ovbot.core.engines.types import ImageRequest
+from ovbot.core.errors import OvbotError
+from ovbot.core.turns import (
+    Queued,
+    ReasoningDelta,
+    ReplyDone,
+    Status,
+    TextDelta,
+    Thinking,
+    TurnCancelled,
+    TurnEvent,
+    TurnFailed,
+    TurnInterrupted,
+)
 
-SYSTEM_PROMPT = "You are ovbot, a helpful assistant running privately on the user's own computer."
+#: the platform name of terminal users (``cli:<login>``, also the admin syntax)
+TERMINAL = "cli"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     chat = commands.add_parser("chat", help="chat with the local model in this terminal")
     chat.add_argument("--show-reasoning", action="store_true", help="print the model's thinking too")
-    chat.add_argument("--max-new-tokens", type=int, default=None)
     chat.add_argument("--message", "-m", action="append", help="send this message and exit (repeatable)")
     chat.set_defaults(func=run_chat)
 
@@ -52,13 +68,16 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
-    engines = _engines(settings, ("llm",))
-    history: list[ChatMessage] = [ChatMessage("system", SYSTEM_PROMPT)]
+    """The terminal as one more adapter: the same facade, store, limits and answer
+    grammar as every platform; this user's conversation survives between runs."""
+    user = UserRef(TERMINAL, getpass.getuser())
+    chat = ChatRef(TERMINAL, user.user_id)
     scripted = list(args.message or [])
-    await engines.start()
-    try:
+    async with App(settings, models=("llm",)) as app:
+        await app.start()
+        terminal = TerminalChat(app.bot, user, chat, show_reasoning=args.show_reasoning)
         if not scripted:
-            print("ovbot chat — /reset clears the conversation, /quit or Ctrl-D leaves.")
+            print("ovbot chat — /reset starts over, /think off|short|full, /quit or Ctrl-D leaves.")
         while True:
             if scripted:
                 text = scripted.pop(0)
@@ -69,45 +88,65 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
                     text = await asyncio.to_thread(input, "you> ")
                 except EOFError:
                     return 0
-            text = text.strip()
-            if not text:
-                continue
-            if text == "/quit":
+            if not await terminal.handle(text.strip()):
                 return 0
-            if text == "/reset":
-                history = history[:1]
-                print("(conversation cleared)")
-                continue
-            history.append(ChatMessage("user", text))
-            answer = await _answer(engines, history, args)
-            if answer is None:
-                history.pop()  # keep the history consistent: no reply, no turn
+
+
+class TerminalChat:
+    """Reads one line, answers it through the facade, prints the streamed reply."""
+
+    def __init__(self, bot: Bot, user: UserRef, chat: ChatRef, *, show_reasoning: bool) -> None:
+        self._bot = bot
+        self._user = user
+        self._chat = chat
+        self._show_reasoning = show_reasoning
+
+    async def handle(self, text: str) -> bool:
+        """False when the user wants to leave."""
+        if not text:
+            return True
+        if text == "/quit":
+            return False
+        try:
+            if text.startswith("/reset"):
+                await self._bot.reset(self._user, self._chat, forget=text.endswith("forget"))
+                print("(new conversation)")
+            elif text.startswith("/think"):
+                mode = text.removeprefix("/think").strip() or None
+                print(f"(reasoning: {await self._bot.set_reasoning(self._user, self._chat, mode)})")
             else:
-                history.append(ChatMessage("assistant", answer))
-    finally:
-        await engines.close()
+                await self._answer(text)
+        except OvbotError as exc:
+            print(f"[{exc.kind}] {exc.user_message}")
+        return True
 
-
-async def _answer(engines: Engines, history: list[ChatMessage], args: argparse.Namespace) -> str | None:
-    options = GenerationOptions(max_new_tokens=args.max_new_tokens)
-    try:
-        stream = await engines.llm.stream(history, options)
-        thinking_shown = False
+    async def _answer(self, text: str) -> None:
+        options = TurnOptions(show_reasoning=self._show_reasoning)
+        handle = await self._bot.submit_turn(self._user, self._chat, text, options)
         print("ovbot> ", end="", flush=True)
-        async for delta in stream:
-            if delta.kind == "reasoning":
-                if args.show_reasoning:
-                    print(delta.text, end="", flush=True)
-                elif not thinking_shown:
-                    print("(thinking…) ", end="", flush=True)
-                    thinking_shown = True
-            else:
-                print(delta.text, end="", flush=True)
+        try:
+            async for event in handle:
+                self._print(event)
+        except asyncio.CancelledError:
+            await handle.cancel()
+            raise
         print()
-        return (await stream.result()).content
-    except EngineError as exc:
-        print(f"\n[error] {exc.user_message}")
-        return None
+
+    def _print(self, event: TurnEvent) -> None:
+        if isinstance(event, Thinking) and not self._show_reasoning:
+            print("(thinking…) ", end="", flush=True)
+        elif isinstance(event, (ReasoningDelta, TextDelta)):
+            print(event.text, end="", flush=True)
+        elif isinstance(event, ReplyDone) and self._show_reasoning:
+            print("\n", end="")
+        elif isinstance(event, Queued):
+            print(f"(queued #{event.position}) ", end="", flush=True)
+        elif isinstance(event, Status):
+            print(f"\n({event.text})", end="", flush=True)
+        elif isinstance(event, (TurnFailed, TurnInterrupted)):
+            print(f"\n[error] {event.message}", end="")
+        elif isinstance(event, TurnCancelled):
+            print("\n(cancelled)", end="")
 
 
 def run_imagine(args: argparse.Namespace) -> int:

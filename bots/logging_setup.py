@@ -1,7 +1,16 @@
-"""Logging with secrets redacted from every record.
+"""Logging with secrets redacted and control characters escaped in every record.
 
 Bot tokens travel in URLs (Telegram puts the token in every request path) and libraries
 log URLs, so redaction happens in a handler filter, for all loggers, not at call sites.
+Log values come from strangers too (a request path, an HTTP method, a library's error
+text): a CR/LF in one would start a forged log line, a NUL or an ANSI escape would reach
+the log file or the terminal as is. The handler's formatter escapes them once for
+every logger, so no call site has to remember.
+
+User content must not reach the logs at any level: libraries that log their arguments
+(aiosqlite logs SQL parameters, i.e. message text, at DEBUG; httpx logs URLs with bot
+tokens at INFO; the Telegram and Discord clients log request payloads at DEBUG) are
+held at WARNING even when ovbot runs at DEBUG.
 """
 
 from __future__ import annotations
@@ -18,6 +27,27 @@ _PATTERNS = [
     re.compile(r"[MN][A-Za-z\d_-]{23,25}\.[\w-]{6}\.[\w-]{27,}"),  # Discord bot token
 ]
 
+#: loggers that print arguments, payloads or URLs (message text, tokens) below WARNING
+QUIET_LOGGERS: tuple[str, ...] = (
+    "aiosqlite",
+    "httpx",
+    "httpcore",
+    "hpack",
+    "telegram",
+    "discord",
+    "urllib3",
+    "multipart",
+    "python_multipart",
+)
+
+#: C0/C1 controls (CR, LF, NUL, ESC, DEL...), Unicode line/paragraph separators and
+#: bidi overrides: anything that could end a log line or disguise what follows
+_UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: continuation lines (tracebacks, stack info) start with this, so only the first line
+#: of a record can begin at column 0 and nothing inside one can pass for a new record
+CONTINUATION = "    "
+
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove known secret values and anything shaped like a token from ``text``."""
@@ -28,6 +58,21 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             lambda m: (m.group(1) if m.re.groups else "") + "[REDACTED]", text
         )
     return text
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as a visible escape (``\\n``,
+    ``\\x00``, ``\\u2028``): one log record stays one line, whatever a value holds."""
+    return _UNSAFE_CHARS.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group(0)
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class RedactingFilter(logging.Filter):
@@ -47,16 +92,37 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class EscapingFormatter(logging.Formatter):
+    """The record's line (message and arguments included) with control characters
+    escaped; a traceback or stack keeps its line structure, each of its lines escaped
+    and indented by ``CONTINUATION``, so an exception message cannot forge a record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = escape_controls(self.formatMessage(record))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        blocks = [record.exc_text] if record.exc_text else []
+        if record.stack_info:
+            blocks.append(self.formatStack(record.stack_info))
+        for block in blocks:
+            for line in block.splitlines():
+                text += "\n" + CONTINUATION + escape_controls(line)
+        return text
+
+
 def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     """Log to stderr; ``secrets`` (tokens, API keys from settings) are redacted verbatim."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every URL at INFO, and Telegram URLs contain the bot token
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # a logger's own level decides for its records even below a stricter root, so the
+    # floor is WARNING or the root's level, whichever is higher
+    floor = max(logging.WARNING, root.level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(floor)

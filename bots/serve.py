@@ -1,11 +1,12 @@
-"""``ovbot serve``: the HTTP API and the job queue in one process.
+"""``ovbot serve``: the job queue and every configured adapter in one process.
 
-Start-up order: bind the port first (a taken port fails in a second, not after the
-models loaded), then build the App (database, models, engines), start the queue, and
-serve with uvicorn in this event loop. Shutdown on SIGINT/SIGTERM: stop taking jobs
-and give running ones the grace period to finish while uvicorn answers the requests
-still in flight (those whose jobs were released get a 503 naming their job), then close
-the engines and the database and exit 0. A second signal stops waiting.
+Start-up order: bind the HTTP port first (a taken port fails in a second, not after the
+models loaded), then build the App (database, models, engines), start the queue, then
+start the adapters: HTTP, then each platform whose settings are present. Shutdown on
+SIGINT/SIGTERM: stop taking jobs and give running ones the grace period to finish while
+the adapters still deliver (requests waiting on a released job get a 503 naming it),
+then stop the adapters in reverse order, close the engines and the database, exit 0.
+A second signal stops waiting for open connections.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-import uvicorn
-
-from ovbot.adapters.http import create_app
-from ovbot.adapters.http.api import default_base_url
+from ovbot.adapters.base import Adapter
+from ovbot.adapters.http.server import HttpAdapter
 from ovbot.bots.logging_setup import configure_logging
 from ovbot.core.app import App
+from ovbot.core.bot import Bot
 from ovbot.core.config import Settings, load_settings
 from ovbot.core.errors import OvbotError
 
@@ -33,7 +33,6 @@ log = logging.getLogger("ovbot.serve")
 DEFAULT_GRACE_S = 30.0
 #: uvicorn's own backstop beyond the grace period for requests that still hang on
 _HTTP_EXTRA_GRACE_S = 10.0
-_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 class ServeError(OvbotError):
@@ -69,89 +68,100 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings, grace_s=args.grace))
 
 
-async def serve(settings: Settings, *, grace_s: float = DEFAULT_GRACE_S) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit code (0 after a clean shutdown)."""
+#: builds the adapters to run besides HTTP, from the ready facade (tests inject theirs)
+AdapterFactory = Callable[[Bot, Settings], Sequence[Adapter]]
+
+
+def configured_adapters(bot: Bot, settings: Settings) -> list[Adapter]:
+    """The platform adapters whose settings are present (besides HTTP)."""
+    adapters: list[Adapter] = []
+    if settings.discord_token is not None:
+        from ovbot.adapters.discord import build_discord_adapter
+
+        adapters.append(build_discord_adapter(bot, settings))
+    return adapters
+
+
+async def serve(
+    settings: Settings,
+    *,
+    grace_s: float = DEFAULT_GRACE_S,
+    adapters: AdapterFactory = configured_adapters,
+) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit code (0 after a clean shutdown).
+
+    Order: HTTP first, then the platform adapters; stopping drains the queue while every
+    adapter still delivers, then stops the adapters in reverse order. An adapter that
+    cannot start stops everything with one line naming it (ServeError)."""
     shutdown = _ShutdownRequest()
     with _signal_handlers(shutdown.request):
         sock = _bind(settings.http_host, settings.http_port)
         app = App(settings, stop_grace_s=grace_s)
-        draining: asyncio.Task[None] | None = None
+        running: list[Adapter] = []
         try:
             if not await _unless(shutdown.requested, app.initialize()):
                 log.info("stopped during start-up")
                 return 0
             await app.start()
-            port = sock.getsockname()[1]
-            base_url = settings.public_base_url or default_base_url(settings.http_host, port)
-            if settings.http_host in _WILDCARDS and not settings.public_base_url:
-                log.warning("image URLs will name %s; set OVBOT_PUBLIC_BASE_URL to the address clients use", base_url)
-            config = uvicorn.Config(
-                create_app(app, base_url=base_url),
-                host=settings.http_host,
-                port=port,
-                lifespan="off",
-                log_config=None,  # keep ovbot's handlers (and their secret redaction)
-                access_log=False,  # the API logs one line per request itself, without queries
-                server_header=False,
-                timeout_graceful_shutdown=grace_s + _HTTP_EXTRA_GRACE_S,
-            )
-            listening = f"serving on {default_base_url(settings.http_host, port)} (API docs at {base_url}/docs)"
-            server = _Server(config, listening)
-            shutdown.server = server
-            server.should_exit = shutdown.requested.is_set()  # a signal during start-up
-            # drain the queue while uvicorn finishes the requests in flight
-            draining = asyncio.create_task(_stop_when(shutdown.requested, app))
-            await server.serve(sockets=[sock])
-            shutdown.requested.set()
-            await draining
+            http = HttpAdapter(app.bot, settings, app.metrics, sock, stop_grace_s=_HTTP_EXTRA_GRACE_S)
+            shutdown.on_force(http.force_stop)
+            for adapter in [http, *adapters(app.bot, settings)]:
+                if shutdown.requested.is_set():
+                    break
+                await _start_adapter(adapter)
+                running.append(adapter)
+                app.bot.register_adapter(adapter.name, adapter.health)
+            await shutdown.requested.wait()
+            await app.stop()  # every adapter still delivers what finishes in the grace period
         finally:
-            if draining is not None and not draining.done():  # uvicorn failed, no signal came
-                draining.cancel()
+            await _stop_adapters(app, running)
             await app.shutdown()
             sock.close()
     log.info("bye")
     return 0
 
 
+async def _start_adapter(adapter: Adapter) -> None:
+    try:
+        await adapter.start()
+    except OvbotError as exc:
+        raise ServeError(f"The {adapter.name} adapter could not start: {exc.user_message}") from None
+    except Exception as exc:
+        log.debug("the %s adapter failed at start", adapter.name, exc_info=True)
+        raise ServeError(f"The {adapter.name} adapter could not start: {type(exc).__name__}: {exc}") from None
+
+
+async def _stop_adapters(app: App, running: list[Adapter]) -> None:
+    """In reverse order; one that fails to stop is logged and the rest still stop."""
+    for adapter in reversed(running):
+        try:
+            await adapter.stop()
+        except Exception:
+            log.exception("the %s adapter did not stop cleanly", adapter.name)
+        if app.initialized:
+            app.bot.unregister_adapter(adapter.name)
+
+
 class _ShutdownRequest:
-    """The first signal asks for a graceful shutdown; the next ones make uvicorn stop
-    waiting for open connections."""
+    """The first signal asks for a graceful shutdown; the next ones stop waiting for
+    open connections."""
 
     def __init__(self) -> None:
         self.requested = asyncio.Event()
-        self.server: uvicorn.Server | None = None
+        self._force: list[Callable[[], None]] = []
+
+    def on_force(self, callback: Callable[[], None]) -> None:
+        self._force.append(callback)
 
     def request(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self.requested.is_set():
             log.warning("%s again: not waiting for open connections any more", name)
-            if self.server is not None:
-                self.server.force_exit = True
+            for callback in self._force:
+                callback()
             return
         log.info("%s: shutting down (running jobs get their grace period)", name)
         self.requested.set()
-        if self.server is not None:
-            self.server.should_exit = True
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handling: ``serve()`` owns the signals for
-    the whole process lifetime (model loading included), and uvicorn would re-raise the
-    signal after its shutdown, killing the process before the database is closed.
-    Logs ``listening`` once connections are accepted (scripts wait for that line)."""
-
-    def __init__(self, config: uvicorn.Config, listening: str) -> None:
-        super().__init__(config)
-        self._listening = listening
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            log.info("%s", self._listening)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @contextlib.contextmanager
@@ -211,8 +221,3 @@ async def _unless(stop: asyncio.Event, work: Awaitable[None]) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
-
-
-async def _stop_when(requested: asyncio.Event, app: App) -> None:
-    await requested.wait()
-    await app.stop()

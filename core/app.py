@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ovbot.core.access import AccessControl
+from ovbot.core.bot import Bot
 from ovbot.core.config import Settings
 from ovbot.core.domain import Job, JobKind
 from ovbot.core.engines.base import Engines
@@ -90,10 +92,13 @@ class App:
         service: Any = None,
         metrics: Metrics | None = None,
         stop_grace_s: float = 30.0,
+        models: tuple[str, ...] = ("llm", "image"),
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.stop_grace_s = stop_grace_s
+        #: which models to load ("llm", "image"); the terminal chat needs only the LLM
+        self.models = models
         self._engines_in = engines
         self._store_in = store
         self._queue_in = queue
@@ -116,6 +121,9 @@ class App:
         self.limits: Any
         self.prompts: Any
         self.service: Any
+        self.access: AccessControl
+        #: the facade adapters use (see ovbot.core.bot)
+        self.bot: Bot
 
     # ---------------------------------------------------------------- lifecycle
     async def __aenter__(self) -> "App":
@@ -163,12 +171,24 @@ class App:
             await self.engines.start()
 
             self.queue = self._queue_in or self._build_queue()
+            self.access = AccessControl(
+                self.store,
+                admins=self.settings.admins,
+                allowed_users=self.settings.allowed_users,
+                allowed_chats=self.settings.allowed_chats,
+            )
             self.limits = self._limits_in or self._build_limits()
             self.prompts = self._prompts_in or self._build_prompts()
             self.service = self._service_in or self._build_service()
             self.queue.register(JobKind.CHAT, self._handler(JobKind.CHAT, self.service.run_chat_job))
             self.queue.register(JobKind.IMAGE, self._handler(JobKind.IMAGE, self.service.run_image_job))
+            if self.settings.engine == "local":  # jobs wait out worker restarts (core/jobs/gate.py)
+                from ovbot.core.jobs.gate import HealthGate
+
+                self.queue.set_gate(JobKind.CHAT, HealthGate(self.engines.llm.health))
+                self.queue.set_gate(JobKind.IMAGE, HealthGate(self.engines.image.health))
             self.metrics.watch_queue(self.queue.depth)
+            self.bot = Bot(self, self.access)
             await self._warm_up()
             self._cleanup = stack.pop_all()
         self._initialized = True
@@ -276,8 +296,8 @@ class App:
             return build_engines(self.settings)
         from ovbot.models.cache import ModelCache
 
-        dirs: Mapping[str, Any] = await ModelCache(self.settings).ensure_ready_async(("llm", "image"))
-        return build_engines(self.settings, dirs["llm"], dirs["image"])
+        dirs: Mapping[str, Any] = await ModelCache(self.settings).ensure_ready_async(self.models)
+        return build_engines(self.settings, dirs.get("llm"), dirs.get("image"))
 
     def _build_queue(self) -> JobQueue:
         from ovbot.core.jobs.queue import LocalJobQueue
@@ -289,12 +309,13 @@ class App:
             max_queued_per_user=settings.max_queued_per_user,
             max_queued_total=settings.max_queued_total,
             lease_s=settings.job_lease_s,
+            max_attempts=settings.job_max_attempts,
         )
 
     def _build_limits(self) -> Any:
         from ovbot.core.limits import RateLimits
 
-        return RateLimits.from_settings(self.store, self.settings)
+        return RateLimits.from_settings(self.store, self.settings, self.access)
 
     def _build_prompts(self) -> Any:
         from ovbot.core.prompts import PromptBuilder

@@ -7,12 +7,16 @@ Every field here is listed, with a comment, in ``.env.example``.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -20,6 +24,10 @@ from ovbot.core.engines.types import ImageLimits
 from ovbot.core.errors import SettingsError
 
 ENV_PREFIX = "OVBOT_"
+#: OVBOT_* variables that tools read and that are not settings (dev.py's venv, the model
+#: caches of the tests and the benchmarks): no "unknown setting" warning for them
+NOT_SETTINGS = frozenset({"OVBOT_VENV", "OVBOT_TEST_MODELS_DIR", "OVBOT_BENCH_MODELS_DIR"})
+log = logging.getLogger("ovbot.config")
 _DEVICE = re.compile(r"^(CPU|GPU(\.\d+)?|NPU|AUTO(:[A-Z0-9.,]+)?|HETERO:[A-Z0-9.,]+)$")
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
@@ -114,6 +122,11 @@ class Settings(BaseSettings):
     history_token_budget: int = Field(default=2048, ge=0)
     max_message_chars: int = Field(default=4000, ge=1, le=100000)
     max_persona_chars: int = Field(default=1000, ge=1)
+    #: how the model reasons before answering, per chat unless a chat chose otherwise:
+    #: off (answer at once), short (reasoning bounded by reasoning_short_chars), full
+    reasoning_mode: Literal["off", "short", "full"] = "short"
+    reasoning_short_chars: int = Field(default=400, ge=1, le=100000)
+    reasoning_full_chars: int = Field(default=1500, ge=1, le=100000)
 
     # ---------------------------------------------------------------- queue, limits
     #: chat jobs run together (they share the batched engine)
@@ -121,12 +134,20 @@ class Settings(BaseSettings):
     max_queued_per_user: int = Field(default=5, ge=1)
     max_queued_total: int = Field(default=200, ge=1)
     job_lease_s: float = Field(default=60.0, gt=1)
+    #: starts a job gets when the engine (or the bot) dies while running it, before it fails
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
     #: chat turns allowed per user per window
     chat_turns_per_window: int = Field(default=30, ge=0)
     chat_window_s: float = Field(default=3600.0, gt=0)
     images_per_day: int = Field(default=20, ge=0)
     #: admins as platform:user_id, comma-separated (e.g. telegram:123,discord:456)
     admins: Annotated[list[str], NoDecode] = []
+    #: who may use the bot, as platform:user_id; a platform listed here admits only
+    #: these users (and admins), platforms not listed stay open
+    allowed_users: Annotated[list[str], NoDecode] = []
+    #: where the bot answers, as platform:chat_id (a Telegram chat, a Discord channel or
+    #: guild); a platform listed here answers only in these chats (admins anywhere)
+    allowed_chats: Annotated[list[str], NoDecode] = []
 
     # ---------------------------------------------------------------- HTTP API
     http_host: str = "127.0.0.1"
@@ -135,6 +156,47 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     #: base URL clients use to fetch images (default http://<host>:<port>)
     public_base_url: str | None = None
+    #: seconds a client gets to send a request's headers; slower ones are disconnected
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    #: seconds an idle kept-alive connection stays open between requests
+    http_keep_alive_s: int = Field(default=5, ge=1, le=600)
+    #: open connections (or requests in flight) from which new requests get a 503
+    http_max_connections: int = Field(default=512, ge=1, le=100000)
+
+    # ---------------------------------------------------------------- Telegram
+    #: the bot's token from @BotFather; the Telegram adapter runs when it is set (a
+    #: secret: PTB puts it in every request URL, so it is redacted from every log line)
+    telegram_token: SecretStr | None = None
+    #: the Bot API server root: ovbot calls {root}/bot<token>/<method> and fetches
+    #: files from {root}/file/bot<token>/... (a self-hosted Bot API server, the tests)
+    telegram_api_base: str = "https://api.telegram.org"
+    #: how updates arrive: long polling (works behind NAT) or a webhook
+    telegram_mode: Literal["polling", "webhook"] = "polling"
+    #: the public https URL Telegram posts updates to (webhook mode)
+    telegram_webhook_url: str | None = None
+    #: where ovbot's webhook server listens (behind the reverse proxy that owns the URL)
+    telegram_webhook_host: str = "127.0.0.1"
+    telegram_webhook_port: int = Field(default=8443, ge=0, le=65535)
+    #: checked on every webhook request (X-Telegram-Bot-Api-Secret-Token); required in
+    #: webhook mode: 1-256 characters of A-Z, a-z, 0-9, _ and -
+    telegram_webhook_secret: SecretStr | None = None
+    #: least seconds between two messages or edits in one chat (Telegram: ~1 per second)
+    telegram_chat_interval_s: float = Field(default=1.0, ge=0.1, le=60)
+    #: messages and edits per minute in one group (Telegram: 20)
+    telegram_group_per_minute: int = Field(default=20, ge=1, le=60)
+    #: stream replies in private chats as a native draft (sendMessageDraft, Bot API 9.3+);
+    #: false (or a server that refuses drafts): edit one message instead
+    telegram_drafts: bool = True
+
+    # ---------------------------------------------------------------- Discord
+    #: the bot token of a Discord application; the Discord adapter runs when it is set
+    #: (a secret: redacted from every log line)
+    discord_token: SecretStr | None = None
+    #: guilds whose slash commands are synced per guild (instant); empty: global commands
+    discord_guild_ids: Annotated[list[int], NoDecode] = []
+    #: the REST API base and the gateway: Discord's, or a Discord-compatible server's
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg"
 
     # ---------------------------------------------------------------- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -163,7 +225,7 @@ class Settings(BaseSettings):
             raise ValueError("list at least one size, e.g. 512x512")
         return [s.strip().lower() for s in value]
 
-    @field_validator("admins", mode="before")
+    @field_validator("admins", "allowed_users", "allowed_chats", mode="before")
     @classmethod
     def _split_admins(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -183,6 +245,32 @@ class Settings(BaseSettings):
             if len(text) < 16:
                 raise ValueError("each API key must be at least 16 characters")
         return value
+
+    @field_validator("discord_token", mode="before")
+    @classmethod
+    def _discord_token(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return value or None  # OVBOT_DISCORD_TOKEN= in a .env means "not set"
+        return value
+
+    @field_validator("discord_guild_ids", mode="before")
+    @classmethod
+    def _split_guild_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value:
+            if not str(entry).isdigit():
+                raise ValueError(f"{entry!r} is not a guild id (a number such as 123456789012345678)")
+        return [int(entry) for entry in value]
+
+    @field_validator("discord_api_base", "discord_gateway_url")
+    @classmethod
+    def _check_discord_url(cls, value: str, info: ValidationInfo) -> str:
+        schemes = ("http", "https") if info.field_name == "discord_api_base" else ("ws", "wss")
+        if not re.match(rf"^({'|'.join(schemes)})://\S+$", value):
+            raise ValueError(f"must start with {schemes[0]}:// or {schemes[1]}:// (got {value!r})")
+        return value.rstrip("/") if info.field_name == "discord_api_base" else value
 
     @field_validator("image_default_size")
     @classmethod
@@ -209,6 +297,35 @@ class Settings(BaseSettings):
             raise ValueError(f"must start with http:// or https:// (got {value!r})")
         return value.rstrip("/")
 
+    @field_validator("telegram_api_base", "telegram_webhook_url")
+    @classmethod
+    def _check_telegram_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
+        return value.rstrip("/")
+
+    @field_validator("telegram_token", "telegram_webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("telegram_token")
+    @classmethod
+    def _check_telegram_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # the message never repeats the value: it is a secret
+        if value is not None and not re.match(r"^\d+:[A-Za-z0-9_-]+$", value.get_secret_value().strip()):
+            raise ValueError("is not a bot token like 123456789:AAE... (ask @BotFather for it)")
+        return None if value is None else SecretStr(value.get_secret_value().strip())
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_-]{1,256}$", value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "Settings":
         if self.image_default_size not in self.image_sizes:
@@ -232,6 +349,12 @@ class Settings(BaseSettings):
             )
         if self.engine == "remote" and not self.remote_base_url:
             raise ValueError("OVBOT_ENGINE=remote needs OVBOT_REMOTE_BASE_URL")
+        if not self.telegram_api_base:
+            raise ValueError("OVBOT_TELEGRAM_API_BASE must not be empty (default https://api.telegram.org)")
+        if self.telegram_mode == "webhook" and not (self.telegram_webhook_url and self.telegram_webhook_secret):
+            raise ValueError(
+                "OVBOT_TELEGRAM_MODE=webhook needs OVBOT_TELEGRAM_WEBHOOK_URL and OVBOT_TELEGRAM_WEBHOOK_SECRET"
+            )
         return self
 
     @property
@@ -240,7 +363,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
-        values = [self.hf_token, self.remote_api_key, *self.api_keys]
+        values = [self.hf_token, self.remote_api_key, *self.api_keys, self.telegram_token, self.telegram_webhook_secret, self.discord_token]
         return [v.get_secret_value() for v in values if v is not None]
 
     def image_limits(self) -> ImageLimits:
@@ -259,11 +382,41 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment (and ``overrides``), or raise SettingsError
-    with one line per invalid value, naming the environment variable to fix."""
+    with one line per invalid value, naming the environment variable to fix. A variable
+    that names no setting (a typo such as ``OVBOT_LLM_DEVCE``) would be silently ignored
+    by pydantic, so each one is logged as a warning naming the closest setting."""
+    env_file = overrides.get("_env_file", Settings.model_config.get("env_file"))
+    for line in unknown_settings(os.environ, env_file):
+        log.warning("%s", line)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(format_validation_error(exc)) from None
+
+
+def unknown_settings(environ: Mapping[str, str], env_file: Any = None) -> list[str]:
+    """One line per ``OVBOT_*`` name in ``environ`` or in ``env_file`` (a ``.env`` path,
+    or several) that is not a setting, with the closest setting's name when one is near."""
+    known = sorted(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+    found: list[tuple[str, str]] = [(name, "environment") for name in environ]
+    files = env_file if isinstance(env_file, (list, tuple)) else [env_file]
+    for path in files:
+        if path is not None and Path(path).is_file():
+            found += [(name, str(path)) for name in dotenv_values(path)]
+    lines: list[str] = []
+    for name, where in found:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in NOT_SETTINGS:
+            continue
+        # compared without the prefix every name shares, or anything would look close
+        close = difflib.get_close_matches(
+            upper.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1, cutoff=0.7
+        )
+        hint = (
+            f"; did you mean {ENV_PREFIX}{close[0]}?" if close else "; .env.example lists every setting"
+        )
+        lines.append(f"{name} ({where}) is not an ovbot setting and is ignored{hint}")
+    return lines
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -46,8 +46,13 @@ class UserRef:
 
 @dataclass(frozen=True, slots=True)
 class ChatRef:
+    """``parent_id`` names what contains the chat where a platform has that (a Discord
+    guild): allow-lists may name it instead of every channel. It is not part of the
+    chat's identity and is not stored."""
+
     platform: str
     chat_id: str
+    parent_id: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:

@@ -43,6 +43,11 @@ class EngineUnavailable(EngineError):
     kind = "engine_unavailable"
 
 
+class EngineInterrupted(EngineUnavailable):
+    """The engine stopped while it worked on the request (its worker process died). The
+    request itself was fine: the job queue runs it again once the engine is back."""
+
+
 class BadParameter(EngineError):
     """A request parameter is outside what the engine accepts."""
 

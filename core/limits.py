@@ -10,19 +10,33 @@ off (for everyone by default, or for one user by override).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from ovbot.core.access import check_user_key
+from ovbot.core.durations import DAY_S, duration_text, window_text
 from ovbot.core.domain import LimitOverride, UserRef
 from ovbot.core.errors import Forbidden, InvalidInput, RateLimited
 from ovbot.core.store.base import Store
 
 LimitKind = Literal["chat", "image"]
-DAY_S = 86400.0
-_USER_KEY_MAX = 200
+#: how often usage older than the longest window is deleted (it can never count again)
+PRUNE_EVERY_S = 600.0
+
+log = logging.getLogger(__name__)
+
+
+class AdminCheck(Protocol):
+    """Admin rights are decided by ``ovbot.core.access.AccessControl`` alone."""
+
+    async def is_admin(self, user_key: str) -> bool: ...
+
+    async def require_admin(self, requester: UserRef) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +78,7 @@ class RateLimits:
         chat_turns_per_window: int,
         chat_window_s: float,
         images_per_day: int,
-        admins: Sequence[str] = (),
+        access: AdminCheck,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if chat_window_s <= 0:
@@ -73,35 +87,83 @@ class RateLimits:
         self._chat_default = chat_turns_per_window
         self._chat_window_s = chat_window_s
         self._images_default = images_per_day
-        self._admins = frozenset(admins)
+        self._access = access
         self._clock = clock
-        # check and record are one step: two requests racing must not both pass the last slot
-        self._lock = asyncio.Lock()
+        # per user: a check and the charge that follows it are one step, so two requests
+        # racing must not both pass the last slot ([lock, holders and waiters])
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._pruned_at = -math.inf
 
     @classmethod
-    def from_settings(cls, store: Store, settings: Any, clock: Callable[[], float] = time.time) -> "RateLimits":
+    def from_settings(
+        cls, store: Store, settings: Any, access: AdminCheck, clock: Callable[[], float] = time.time
+    ) -> "RateLimits":
         return cls(
             store,
             chat_turns_per_window=settings.chat_turns_per_window,
             chat_window_s=settings.chat_window_s,
             images_per_day=settings.images_per_day,
-            admins=settings.admins,
+            access=access,
             clock=clock,
         )
 
     # ------------------------------------------------------------------ enforcement
+    async def check(self, user: UserRef, kind: LimitKind) -> None:
+        """Raise RateLimited (over the limit) or Forbidden (the limit is 0: the feature
+        is off, waiting would not help); records nothing (see ``admit``)."""
+        now = self._clock()
+        await self._prune_now_and_then(now)
+        rule = await self._rule(user.key, kind)
+        if rule.limit is None:
+            return
+        self._refuse_if_disabled(rule)
+        usage = await self._usage(user.key, rule, now)
+        if usage.remaining == 0:
+            raise self._limited(rule, usage)
+
+    @contextlib.asynccontextmanager
+    async def admit(self, user: UserRef, kind: LimitKind) -> AsyncIterator[tuple[LimitKind, ...]]:
+        """``check``, then hold the user's turn while the caller queues the job: yields
+        the usage to charge in the job's insert transaction (``JobQueue.submit(job,
+        usage=...)``). A request the queue refuses (full) is then never charged, and two
+        requests of one user racing for the last slot cannot both get it."""
+        async with self._user_turn(user.key):
+            await self.check(user, kind)
+            yield (kind,)
+
     async def check_and_record(self, user: UserRef, kind: LimitKind) -> None:
-        """Count one use, or raise RateLimited (over the limit) or Forbidden (the limit
-        is 0: the feature is off, waiting would not help)."""
-        async with self._lock:
-            now = self._clock()
-            rule = await self._rule(user.key, kind)
-            if rule.limit is not None:
-                self._refuse_if_disabled(rule)
-                usage = await self._usage(user.key, rule, now)
-                if usage.remaining == 0:
-                    raise self._limited(rule, usage)
-            await self._store.record_usage(user.key, kind, now)
+        """Check and count one use now (for callers that queue nothing)."""
+        async with self.admit(user, kind):
+            await self._store.record_usage(user.key, kind, self._clock())
+
+    @contextlib.asynccontextmanager
+    async def _user_turn(self, user_key: str) -> AsyncIterator[None]:
+        """One admission at a time per user (others are not held up); the lock is
+        dropped when nobody holds or waits for it, so idle users cost no memory."""
+        lock, users = self._locks.setdefault(user_key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                self._locks.pop(user_key, None)
+
+    async def _prune_now_and_then(self, now: float) -> None:
+        """Usage older than the longest window never counts again; without pruning the
+        table grows by a row per message forever. A failed prune only waits for the
+        next round: it must not refuse a request."""
+        if now - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        try:
+            removed = await self._store.prune_usage(now - max(self._chat_window_s, DAY_S))
+        except Exception:
+            log.warning("could not prune old usage rows; retrying later", exc_info=True)
+            return
+        if removed:
+            log.info("pruned %d usage rows older than the longest limit window", removed)
 
     def _refuse_if_disabled(self, rule: _Rule) -> None:
         if rule.limit != 0:
@@ -114,8 +176,8 @@ class RateLimits:
         retry = usage.reset_in_s or 0.0
         what = "chat messages" if rule.kind == "chat" else "images"
         message = (
-            f"You reached your limit of {rule.limit} {what} per {_window_text(rule.window_s)}. "
-            f"Try again in {_duration_text(retry)}."
+            f"You reached your limit of {rule.limit} {what} per {window_text(rule.window_s)}. "
+            f"Try again in {duration_text(retry)}."
         )
         return RateLimited(message, retry, rule.name)
 
@@ -162,7 +224,7 @@ class RateLimits:
     ) -> dict[str, Any]:
         """Override one user's limits; ``None`` keeps that limit as it is. Returns show()."""
         await self._require_admin(requester)
-        user_key = _check_user_key(user_key)
+        user_key = check_user_key(user_key)
         if chat_per_window is None and images_per_day is None:
             raise InvalidInput("limits", "give chat_per_window and/or images_per_day")
         _check_count("chat_per_window", chat_per_window)
@@ -180,16 +242,15 @@ class RateLimits:
     async def reset(self, requester: UserRef, user_key: str) -> dict[str, Any]:
         """Drop one user's overrides (back to the defaults). Returns show()."""
         await self._require_admin(requester)
-        user_key = _check_user_key(user_key)
+        user_key = check_user_key(user_key)
         await self._store.delete_limit_override(user_key)
         return await self._admin_report(user_key)
 
     async def is_admin(self, user_key: str) -> bool:
-        return user_key in self._admins or await self._store.is_admin(user_key)
+        return await self._access.is_admin(user_key)
 
     async def _require_admin(self, requester: UserRef) -> None:
-        if not await self.is_admin(requester.key):
-            raise Forbidden("Only admins can see or change other users' limits.")
+        await self._access.require_admin(requester)
 
     # ------------------------------------------------------------------ internals
     async def _rule(self, user_key: str, kind: LimitKind) -> _Rule:
@@ -225,28 +286,3 @@ def _check_count(field: str, value: int | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(field, "must be a whole number of 0 or more (0 turns the feature off)")
-
-
-def _check_user_key(user_key: str) -> str:
-    key = str(user_key).strip()
-    platform, _, user_id = key.partition(":")
-    if not platform or not user_id or len(key) > _USER_KEY_MAX or any(c.isspace() for c in key):
-        raise InvalidInput("user", f"{user_key!r} is not platform:user_id (e.g. telegram:123)")
-    return key
-
-
-def _window_text(seconds: float) -> str:
-    named = {60.0: "minute", 3600.0: "hour", DAY_S: "day"}
-    return named.get(float(seconds)) or _duration_text(seconds)
-
-
-def _duration_text(seconds: float) -> str:
-    """Rounded up, so "try again in 1 min" is never too early."""
-    total = max(1, math.ceil(seconds))
-    if total < 60:
-        return f"{total} s"
-    minutes = math.ceil(total / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, rest = divmod(minutes, 60)
-    return f"{hours} h {rest} min" if rest else f"{hours} h"

@@ -27,6 +27,9 @@ from ovbot.core.jobs.base import EventSink, JobHandler
 _JOB_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _RATE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000)
+#: HTTP methods kept as label values; any other string a client sends counts as "other",
+#: or every made-up method would add a time series (and ~19 lines of /metrics)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
 
 def error_kind(exc: BaseException) -> str:
@@ -163,6 +166,8 @@ class Metrics:
         return _MeteredEngines(engines, self)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """``route`` must be a route template (or a fixed word), never the raw path."""
+        method = method if method in HTTP_METHODS else "other"
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_seconds.labels(method, route).observe(seconds)
 

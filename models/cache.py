@@ -21,7 +21,7 @@ from typing import Literal
 
 from ovbot.core.config import Settings
 from ovbot.core.errors import ModelUnavailable
-from ovbot.models.hub import OFFLINE_HELP, download_model
+from ovbot.models.hub import download_model, offline_help
 from ovbot.models.manifest import verify
 
 log = logging.getLogger("ovbot.models")
@@ -71,6 +71,8 @@ class ModelStatus:
     size_bytes: int
     problems: tuple[str, ...]
     commit_sha: str | None = None
+    #: what the check looked at, in words (``ovbot models verify`` prints it as is)
+    checked: str = ""
 
     @property
     def kind(self) -> ModelKind:
@@ -119,18 +121,31 @@ class ModelCache:
         source = self.source(kind)
         present = source.path.is_dir()
         if source.configured:
-            missing = [f for f in REQUIRED_FILES[kind] if not (source.path / f).is_file()]
+            # a directory the user made has no manifest: there are no sizes or hashes to
+            # compare with, only the files OpenVINO needs can be looked for
+            required = REQUIRED_FILES[kind]
+            missing = [f for f in required if not (source.path / f).is_file()]
             problems = (
                 [f"missing file: {name}" for name in missing]
                 if present
                 else [f"{source.path} does not exist"]
             )
+            checked = (
+                f"the {len(required)} required files present; a configured directory has no "
+                "manifest, so sizes and sha256 were not checked"
+            )
             return ModelStatus(
-                source, present, present and not missing, _du(source.path), tuple(problems)
+                source,
+                present,
+                present and not missing,
+                _du(source.path),
+                tuple(problems),
+                checked=checked,
             )
         if not present:
             return ModelStatus(source, False, False, 0, ("not downloaded",))
         report = verify(source.path, checksums=checksums)
+        what = "sizes and sha256" if report.checksums_checked else "sizes"
         return ModelStatus(
             source,
             True,
@@ -138,6 +153,7 @@ class ModelCache:
             _du(source.path),
             tuple(report.problems()),
             report.commit_sha,
+            checked=f"{what} of {report.files_checked} files checked against the manifest",
         )
 
     def status(self) -> list[ModelStatus]:
@@ -160,10 +176,12 @@ class ModelCache:
         )
 
     def ensure_ready(
-        self, kinds: Iterable[ModelKind] = KINDS, progress: bool = False
+        self, kinds: Iterable[ModelKind] = KINDS, progress: bool = True
     ) -> dict[ModelKind, Path]:
         """Check each model (sha256 too if ``verify_checksums_on_start``); download what is
-        missing or damaged when allowed, else raise ModelUnavailable saying what to do."""
+        missing or damaged when allowed, else raise ModelUnavailable saying what to do.
+        A download shows a bar when stderr is a terminal (unless ``progress`` is false)
+        and logs its progress periodically otherwise."""
         ready: dict[ModelKind, Path] = {}
         for kind in kinds:
             status = self.check(kind, checksums=self._settings.verify_checksums_on_start)
@@ -173,7 +191,7 @@ class ModelCache:
         return ready
 
     async def ensure_ready_async(
-        self, kinds: Iterable[ModelKind] = KINDS, progress: bool = False
+        self, kinds: Iterable[ModelKind] = KINDS, progress: bool = True
     ) -> dict[ModelKind, Path]:
         """The same, off the event loop: hashing and downloading block for minutes."""
         return await asyncio.to_thread(self.ensure_ready, tuple(kinds), progress)
@@ -192,7 +210,7 @@ class ModelCache:
             raise ModelUnavailable(
                 f"The {label} model {source.repo_id}@{source.revision} is {status.state} in "
                 f"{source.path} ({detail}) and auto-download is off (OVBOT_AUTO_DOWNLOAD=false). "
-                f"{OFFLINE_HELP}"
+                f"{offline_help()}"
             )
         log.info("%s model %s is %s (%s); downloading", label, source.repo_id, status.state, detail)
         self.download(source.kind, progress=progress)

@@ -12,6 +12,13 @@ with huggingface_hub's URL, headers, session and errors, into a partial file und
 deletes its own partial file when a download fails (its temporary name is unique per
 attempt since huggingface_hub PR #4228; Xet restarts from zero too), so without this a
 dropped connection at 90% of a 1 GB file would cost the whole gigabyte again.
+
+Progress: a bar on a terminal; otherwise (``ovbot serve`` under a service manager, logs
+to a file) a log line every ``PROGRESS_LOG_EVERY_S`` with percent, MB/s and ETA, so a
+2-3 GB first start does not look hung.
+
+Any failure, whatever library raises it (huggingface_hub's own errors, httpx's, or the
+next major version's), ends in one ``ModelUnavailable`` line that says what to do.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ import glob
 import logging
 import os
 import re
+import shutil
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,17 +71,54 @@ from ovbot.models.manifest import (
 
 log = logging.getLogger("ovbot.models")
 
-#: what to do when the hub cannot be reached; every "no model" message ends with it
-OFFLINE_HELP = (
-    "Connect to the internet and run `ovbot models download`, or copy/convert a model and "
-    "set OVBOT_LLM_MODEL_DIR / OVBOT_IMAGE_MODEL_DIR to use a local directory as is."
-)
+#: the directory ``offline_help`` suggests for ``models build-tiny`` (ignored by git)
+TINY_MODELS_DIR = "tiny-models"
+#: seconds between two progress log lines when no progress bar is shown
+PROGRESS_LOG_EVERY_S = 10.0
 #: where large files grow between runs, relative to the model directory
 PARTIAL_DIR = Path(".cache") / "ovbot" / "partial"
 #: consecutive failed attempts without a single new byte before giving up
 _MAX_STALLS = 4
 _HF_TOKEN_SHAPE = re.compile(r"\bhf_[A-Za-z0-9]{6,}")
 _MB = 1024 * 1024
+
+
+def ovbot_command() -> str:
+    """How the user can run ovbot from their shell now: ``ovbot`` when that name on PATH
+    is this installation, else the script's path (``dev.py run`` does not put
+    ``.venv/bin`` on PATH), relative to the working directory when inside it."""
+    bin_dir = Path(sys.executable).parent
+    script = bin_dir / ("ovbot.exe" if os.name == "nt" else "ovbot")
+    on_path = shutil.which("ovbot")
+    try:
+        if on_path and Path(on_path).resolve() == script.resolve():
+            return "ovbot"
+    except OSError:
+        pass
+    target = script if script.exists() else None
+    if target is None:
+        return f"{_shell_path(Path(sys.executable))} -m ovbot.bots.cli"
+    return _shell_path(target.with_suffix("") if os.name == "nt" else target)
+
+
+def _shell_path(path: Path) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def offline_help() -> str:
+    """What to do without the hub; every "no model" message ends with it (one line)."""
+    ovbot = ovbot_command()
+    return (
+        f"Connect to the internet and run `{ovbot} models download`, or set "
+        "OVBOT_LLM_MODEL_DIR / OVBOT_IMAGE_MODEL_DIR to a local OpenVINO model directory. "
+        f"To try ovbot offline, build tiny random models with `{ovbot} models build-tiny "
+        f"{TINY_MODELS_DIR}` (needs the convert extra: `python3 dev.py setup`) and set "
+        f"OVBOT_LLM_MODEL_DIR={TINY_MODELS_DIR}/llm OVBOT_IMAGE_MODEL_DIR={TINY_MODELS_DIR}/image."
+    )
 
 
 @dataclass(frozen=True)
@@ -104,6 +150,67 @@ class _SilentTqdm(hf_tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
+
+
+class DownloadProgress:
+    """Progress of the large files of one download: a bar on a terminal, otherwise a log
+    line at most every ``log_every_s`` with percent, MB/s and ETA.
+
+    The speed counts only bytes fetched in this run (a resumed partial file is not
+    downloaded again, so it must not inflate MB/s or shrink the ETA)."""
+
+    def __init__(
+        self,
+        desc: str,
+        total: int,
+        bar: bool,
+        log_every_s: float = PROGRESS_LOG_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.desc = desc
+        self.total = total
+        self.done = 0
+        self._fetched = 0
+        self._log_every_s = log_every_s
+        self._clock = clock
+        self._started = clock()
+        self._last_line = self._started
+        self._bar = hf_tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not bar)
+        self._log = not bar
+
+    def resumed(self, size: int) -> None:
+        """``size`` bytes are on disk from an earlier attempt (negative: they were not)."""
+        self.done += size
+        self._bar.update(size)
+
+    def update(self, size: int) -> None:
+        """``size`` new bytes arrived."""
+        self.done += size
+        self._fetched += size
+        self._bar.update(size)
+        if self._log:
+            now = self._clock()
+            if now - self._last_line >= self._log_every_s:
+                self._last_line = now
+                log.info("%s", self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        """``downloading REPO: 45% (1234.5 of 2740.0 MB) at 12.3 MB/s, ETA 02:03``"""
+        elapsed = (self._clock() if now is None else now) - self._started
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        rate = self._fetched / elapsed if elapsed > 0 else 0.0
+        if rate > 0:
+            eta = hf_tqdm.format_interval(max(0.0, self.total - self.done) / rate)
+            speed = f"{rate / _MB:.1f} MB/s"
+        else:
+            eta, speed = "unknown", "? MB/s"
+        return (
+            f"downloading {self.desc}: {percent:.0f}% ({self.done / _MB:.1f} of "
+            f"{self.total / _MB:.1f} MB) at {speed}, ETA {eta}"
+        )
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def offline_requested() -> bool:
@@ -153,28 +260,37 @@ def download_model(
     token: str | None = None,
     endpoint: str | None = None,
     progress: bool = True,
+    log_every_s: float = PROGRESS_LOG_EVERY_S,
 ) -> Path:
     """Download ``repo_id@revision`` into ``dest_dir``, verify it and write its manifest.
 
     Safe to re-run: finished files are kept, so an interrupted download continues where
-    it stopped. Raises ModelUnavailable (never containing ``token``) on any failure.
+    it stopped. ``progress``: a bar when stderr is a terminal; without one, progress is
+    logged every ``log_every_s``. Raises ModelUnavailable (never containing ``token``)
+    on any failure.
     """
     dest = Path(dest_dir)
     try:
-        return _download(repo_id, revision, dest, token, endpoint, progress)
+        return _download(repo_id, revision, dest, token, endpoint, progress, log_every_s)
     except ModelUnavailable as exc:
         raise ModelUnavailable(_scrub(exc.user_message, token)) from None
-    except (httpx.HTTPError, OSError, ValueError) as exc:
-        log.debug("download of %s failed: %s", repo_id, _scrub(repr(exc), token))
+    except Exception as exc:  # noqa: BLE001 - whatever the hub library raises, one clear line
+        log.debug("download of %s failed: %s", repo_id, _scrub(_chain_repr(exc), token))
         raise _unavailable(exc, repo_id, revision, dest, token, endpoint) from None
 
 
 def _download(
-    repo_id: str, revision: str, dest: Path, token: str | None, endpoint: str | None, progress: bool
+    repo_id: str,
+    revision: str,
+    dest: Path,
+    token: str | None,
+    endpoint: str | None,
+    progress: bool,
+    log_every_s: float,
 ) -> Path:
     if offline_requested():
         raise ModelUnavailable(
-            f"Cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE). {OFFLINE_HELP}"
+            f"Cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE). {offline_help()}"
         )
     started = time.monotonic()
     log.info("resolving %s@%s", repo_id, revision)
@@ -192,7 +308,7 @@ def _download(
         snapshot.commit_sha[:12],
         dest,
     )
-    _fetch(snapshot, dest, token, endpoint, progress, only=None)
+    _fetch(snapshot, dest, token, endpoint, progress, log_every_s, only=None)
     log.info("downloaded %s in %.1f s", repo_id, time.monotonic() - started)
 
     entries, missing, bad = _check_against_hub(snapshot, dest)
@@ -203,12 +319,12 @@ def _download(
             "re-fetching %d damaged or missing files of %s", len(missing) + len(bad), repo_id
         )
         _delete(dest, bad)
-        _fetch(snapshot, dest, token, endpoint, progress, only=missing + bad)
+        _fetch(snapshot, dest, token, endpoint, progress, log_every_s, only=missing + bad)
         entries, missing, bad = _check_against_hub(snapshot, dest)
     if missing:
         raise ModelUnavailable(
             f"The download of {repo_id} is incomplete ({len(missing)} files missing, e.g. "
-            f"{missing[0]}). {OFFLINE_HELP}"
+            f"{missing[0]}). {offline_help()}"
         )
     if bad:
         _delete(dest, bad)
@@ -242,6 +358,7 @@ def _fetch(
     token: str | None,
     endpoint: str | None,
     progress: bool,
+    log_every_s: float,
     only: Sequence[str] | None,
 ) -> None:
     wanted = [f for f in snapshot.files if only is None or f.path in only]
@@ -260,15 +377,17 @@ def _fetch(
     large = [f for f in wanted if f.lfs_sha256 is not None and not _has_size(dest, f)]
     if not large:
         return
-    with hf_tqdm(
-        total=sum(f.size for f in large),
-        unit="B",
-        unit_scale=True,
-        desc=snapshot.repo_id,
-        disable=not progress_enabled(progress),
-    ) as bar:
+    bar = DownloadProgress(
+        snapshot.repo_id,
+        sum(f.size for f in large),
+        bar=progress_enabled(progress),
+        log_every_s=log_every_s,
+    )
+    try:
         for remote in large:
             _fetch_large(snapshot, remote, dest, token, endpoint, bar)
+    finally:
+        bar.close()
 
 
 def _fetch_large(
@@ -277,7 +396,7 @@ def _fetch_large(
     dest: Path,
     token: str | None,
     endpoint: str | None,
-    bar: hf_tqdm,
+    bar: DownloadProgress,
 ) -> None:
     """Grow ``<sha256>.part`` to the expected size, continuing from its current length
     with a ``Range`` request (in this run after a dropped connection, or in the next
@@ -295,12 +414,14 @@ def _fetch_large(
             have = 0
         if have:
             log.info("resuming %s at %.1f of %.1f MB", remote.path, have / _MB, remote.size / _MB)
-        bar.update(have)
+        bar.resumed(have)
         stalls = 0
         while have < remote.size:
             try:
                 _stream_into(url, headers, partial, have, bar)
-            except httpx.TransportError as exc:
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
                 grown = _size_or_zero(partial)
                 stalls = 0 if grown > have else stalls + 1
                 if stalls >= _MAX_STALLS:
@@ -319,7 +440,9 @@ def _fetch_large(
         os.replace(partial, target)
 
 
-def _stream_into(url: str, headers: dict[str, str], partial: Path, have: int, bar: hf_tqdm) -> None:
+def _stream_into(
+    url: str, headers: dict[str, str], partial: Path, have: int, bar: DownloadProgress
+) -> None:
     """Append the rest of the file; every received byte is on disk before the next read,
     so an exception here loses nothing already counted."""
     request_headers = dict(headers)
@@ -336,7 +459,7 @@ def _stream_into(url: str, headers: dict[str, str], partial: Path, have: int, ba
             partial.unlink(missing_ok=True)
         hf_raise_for_status(response)
         if have and response.status_code != 206:  # Range ignored: the body is the whole file
-            bar.update(-have)
+            bar.resumed(-have)
             have = 0
         with open(partial, "ab" if have else "wb") as out:
             for chunk in response.iter_bytes():
@@ -414,10 +537,13 @@ def _unavailable(
     token: str | None,
     endpoint: str | None,
 ) -> ModelUnavailable:
-    """One actionable sentence per failure family; the library's text only as a hint."""
+    """One actionable sentence per failure family; the library's text only as a hint.
+    Unknown exception types (another huggingface_hub major, a new httpx) still end in
+    one line with what to do, never a traceback."""
     hub = endpoint or constants.ENDPOINT
+    network = _connection_error_in(exc)
     if isinstance(exc, OfflineModeIsEnabled):
-        text = f"Cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE). {OFFLINE_HELP}"
+        text = f"Cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE). {offline_help()}"
     elif isinstance(exc, RevisionNotFoundError):
         text = (
             f"{repo_id} has no revision {revision!r}: check OVBOT_LLM_REVISION / "
@@ -438,10 +564,11 @@ def _unavailable(
     elif isinstance(exc, HfHubHTTPError):
         text = (
             f"The hub at {hub} answered HTTP {_status(exc)} while downloading {repo_id}; try "
-            f"again later. {OFFLINE_HELP}"
+            f"again later. {offline_help()}"
         )
-    elif isinstance(exc, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError)):
-        text = f"Cannot reach the model hub at {hub} ({_first_line(exc)}). {OFFLINE_HELP}"
+    elif network is not None or isinstance(exc, LocalEntryNotFoundError):
+        cause = network if network is not None else exc
+        text = f"Cannot reach the model hub at {hub} ({_first_line(cause)}). {offline_help()}"
     elif isinstance(exc, OSError) and exc.errno is not None:
         text = f"Cannot write the model to {dest}: {exc.strerror or exc}."
     elif isinstance(exc, OSError):
@@ -450,8 +577,41 @@ def _unavailable(
             "`ovbot models download` to continue."
         )
     else:
-        text = f"Cannot download {repo_id}@{revision}: {_first_line(exc)}"
+        text = (
+            f"Cannot download {repo_id}@{revision} from {hub} ({_first_line(exc)}). "
+            f"{offline_help()}"
+        )
     return ModelUnavailable(_scrub(text, token))
+
+
+#: what a lost or impossible connection looks like, in any library built on these
+_CONNECTION_ERRORS = (httpx.TransportError, ConnectionError, TimeoutError, socket.gaierror)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps, via ``__cause__``/``__context__``) is a lost or
+    refused connection, a timeout or a failed name lookup: worth resuming, not a bug."""
+    return _connection_error_in(exc) is not None
+
+
+def _connection_error_in(exc: BaseException) -> BaseException | None:
+    for link in _chain(exc):
+        if isinstance(link, _CONNECTION_ERRORS):
+            return link
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen) and len(seen) < 20:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _chain_repr(exc: BaseException) -> str:
+    return " <- ".join(repr(link) for link in _chain(exc))
 
 
 def _status(exc: HfHubHTTPError) -> int | None:
@@ -460,8 +620,11 @@ def _status(exc: HfHubHTTPError) -> int | None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (the type alone says "connection refused"
+    when a library's message is empty)."""
     text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
+    name = type(exc).__name__
+    line = f"{name}: {text[0]}" if text else name
     return line[:200]
 
 

@@ -24,6 +24,7 @@ from ovbot.core.engines.local import LocalEngines, WorkerConfig
 from ovbot.core.engines.types import ChatMessage, ImageLimits
 from ovbot.core.errors import BadParameter, InvalidInput, RateLimited
 from ovbot.core.jobs.queue import LocalJobQueue
+from ovbot.core.access import AccessControl
 from ovbot.core.limits import RateLimits
 from ovbot.core.prompts import PromptBuilder
 from ovbot.core.store.sqlite import SQLiteStore
@@ -121,7 +122,11 @@ async def make_harness(engines: LocalEngines, tmp_path: Path) -> AsyncIterator[H
             store, max_running_chat=4, max_queued_per_user=5, max_queued_total=50, lease_s=30
         )
         limits = RateLimits(
-            store, chat_turns_per_window=chat_turns, chat_window_s=3600, images_per_day=images_per_day
+            store,
+            chat_turns_per_window=chat_turns,
+            chat_window_s=3600,
+            images_per_day=images_per_day,
+            access=AccessControl(store),
         )
         prompts = RecordingPromptBuilder(
             settings.system_prompt, settings.history_turns, settings.history_token_budget
@@ -359,7 +364,7 @@ async def test_cancel_a_running_chat_frees_the_engine(make_harness: HarnessFacto
     async for event in harness.queue.subscribe(job.id):
         if event.type == "status" and event.text == THINKING_STATUS:
             break
-    cancelled = await harness.service.cancel(job.id, ALICE)
+    cancelled = await harness.queue.cancel(job.id, ALICE)
     assert cancelled.state is JobState.CANCELLED
     assert types(await harness.events(job))[-1] == "cancelled"
     assert await turns_of(harness, job.conversation_id) == []

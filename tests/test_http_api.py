@@ -29,6 +29,7 @@ from ovbot.adapters.http.auth import key_id
 from ovbot.core.app import App
 from ovbot.core.config import Settings
 from ovbot.core.domain import ChatRef, LimitOverride
+from tests.fixtures_app import bot_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -39,24 +40,17 @@ MAX_MESSAGE_CHARS = 2000
 
 def tiny_settings(tiny_models: Any, data_dir: Path, port: int, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
-        _env_file=None,
-        llm_model_dir=tiny_models.llm,
-        image_model_dir=tiny_models.image,
-        image_sizes=["64x64"],
-        image_default_size="64x64",
-        image_default_steps=2,
-        image_max_steps=500,
         max_new_tokens=64,
-        kv_cache_gb=1,
-        data_dir=data_dir,
         http_host="127.0.0.1",
         http_port=port,
         api_keys=[KEY, OTHER_KEY],
         max_message_chars=MAX_MESSAGE_CHARS,
         admins=[f"http:{key_id(KEY)}:boss"],
+        reasoning_short_chars=400,
+        reasoning_full_chars=1500,
     )
     values.update(overrides)
-    return Settings(**values)
+    return bot_settings(tiny_models, data_dir, **values)
 
 
 @dataclass
@@ -75,7 +69,12 @@ async def serving(make_app: Callable[[int], App]) -> AsyncIterator[Served]:
     app = make_app(port)
     await app.start()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(app, keepalive_s=0.5), lifespan="off", log_config=None, access_log=False)
+        uvicorn.Config(
+            create_app(app.bot, app.settings, app.metrics, keepalive_s=0.5),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+        )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -159,7 +158,7 @@ async def test_health_ready_docs(served: Served) -> None:
     anonymous = httpx.AsyncClient(base_url=served.base_url)
     async with anonymous:
         health = await anonymous.get("/health")
-        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert health.status_code == 200 and health.json() == {"status": "ok", "adapters": {}}
         ready = await anonymous.get("/ready")
         assert ready.status_code == 200, ready.text
         body = ready.json()
@@ -542,3 +541,60 @@ async def test_persona_is_set_cleared_and_bounded(served: Served) -> None:
     assert await served.app.store.get_persona(ChatRef("http", f"{key_id(KEY)}:poet")) is None
     reply = await client.post("/chat", json={"user_id": "poet", "message": "ahoy"})
     assert reply.status_code == 200, reply.text
+
+
+async def test_admins_and_blocks_over_http(served: Served) -> None:
+    client = served.client
+    target = f"http:{key_id(KEY)}:pest"
+    assert_error(await client.put(f"/admin/blocked/{target}", params={"user_id": "pest"}), 403, "forbidden")
+    blocked = await client.put(f"/admin/blocked/{target}", params={"user_id": "boss"})
+    assert blocked.status_code == 200 and blocked.json() == {"blocked": target}
+    assert target in (await client.get("/admin/blocked", params={"user_id": "boss"})).json()["blocked"]
+    refused = assert_error(await client.post("/chat", json={"user_id": "pest", "message": "hi"}), 403, "forbidden")
+    assert refused["message"] == "You have been blocked from using this bot."
+    assert (await client.delete(f"/admin/blocked/{target}", params={"user_id": "boss"})).status_code == 200
+    assert (await client.post("/chat", json={"user_id": "pest", "message": "hi"})).status_code == 200
+
+    helper = f"http:{key_id(KEY)}:helper"
+    assert (await client.put(f"/admin/admins/{helper}", params={"user_id": "boss"})).status_code == 200
+    assert helper in (await client.get("/admin/admins", params={"user_id": "helper"})).json()["admins"]
+    assert (await client.delete(f"/admin/admins/{helper}", params={"user_id": "boss"})).status_code == 200
+    assert_error(await client.get("/admin/admins", params={"user_id": "helper"}), 403, "forbidden")
+
+
+async def test_conversations_belong_to_their_user(served: Served) -> None:
+    """A's turns never land in B's conversation, whatever conversation id A sends."""
+    client = served.client
+    await client.post("/persona", json={"user_id": "bea", "persona": "Speak like a sailor."})
+    sneaky = await client.post("/persona", json={"user_id": "abe", "conversation_id": "bea", "persona": "hijacked"})
+    assert sneaky.status_code == 200
+    assert await served.app.store.get_persona(ChatRef("http", f"{key_id(KEY)}:bea")) == "Speak like a sailor."
+    reply = await client.post("/chat", json={"user_id": "abe", "conversation_id": "bea", "message": "secret plan"})
+    assert reply.status_code == 200, reply.text
+    bea_conversation = await served.app.store.active_conversation(ChatRef("http", f"{key_id(KEY)}:bea"))
+    assert await served.app.store.recent_turns(bea_conversation, 10) == []
+    forget = await client.post("/reset", json={"user_id": "abe", "conversation_id": "bea", "forget": True})
+    assert forget.status_code == 200
+    assert await served.app.store.get_persona(ChatRef("http", f"{key_id(KEY)}:bea")) == "Speak like a sailor."
+
+
+async def test_reasoning_mode_per_conversation_and_queue(served: Served) -> None:
+    client = served.client
+    bad = await client.post("/think", json={"user_id": "tess", "mode": "sometimes"})
+    assert_error(bad, 422, "validation", "mode")
+    set_off = await client.post("/think", json={"user_id": "tess", "mode": "off"})
+    assert set_off.status_code == 200 and set_off.json()["mode"] == "off"
+    reply = await client.post("/chat", json={"user_id": "tess", "message": "quick"})
+    job = await served.app.store.get_job(reply.json()["job_id"])
+    assert job is not None and job.payload["reasoning"] == "off"
+    once = await client.post("/chat", json={"user_id": "tess", "message": "slow", "reasoning": "full"})
+    job = await served.app.store.get_job(once.json()["job_id"])
+    assert job is not None and job.payload["reasoning"] == "full"
+
+    running = await client.post("/images", json={"user_id": "tess", "prompt": "slow", "steps": 500})
+    waiting = await client.post("/images", json={"user_id": "tess", "prompt": "next", "steps": 1})
+    mine = (await client.get("/queue", params={"user_id": "tess"})).json()
+    assert [view["job_id"] for view in mine] == [running.json()["job_id"], waiting.json()["job_id"]]
+    assert mine[1]["position"] == 1
+    for accepted in (waiting, running):
+        await client.delete(f"/jobs/{accepted.json()['job_id']}", params={"user_id": "tess"})

@@ -12,6 +12,7 @@ import pytest
 
 from ovbot.core.domain import UserRef
 from ovbot.core.errors import Forbidden, InvalidInput, RateLimited
+from ovbot.core.access import AccessControl
 from ovbot.core.limits import DAY_S, RateLimits
 from ovbot.core.store.sqlite import SQLiteStore
 
@@ -58,7 +59,11 @@ async def store(open_store: Callable[[], Awaitable[SQLiteStore]]) -> SQLiteStore
 
 def make_limits(store: SQLiteStore, clock: FakeClock, **overrides: Any) -> RateLimits:
     options: dict[str, Any] = dict(
-        chat_turns_per_window=3, chat_window_s=60.0, images_per_day=2, admins=[ROOT.key], clock=clock
+        chat_turns_per_window=3,
+        chat_window_s=60.0,
+        images_per_day=2,
+        access=AccessControl(store, admins=[ROOT.key]),
+        clock=clock,
     )
     options.update(overrides)
     return RateLimits(store, **options)

@@ -22,6 +22,7 @@ from ovbot.core.engines.types import ChatMessage, GenerationOptions, ImageLimits
 from ovbot.core.errors import (
     BadParameter,
     Cancelled,
+    EngineInterrupted,
     EngineTimeout,
     EngineUnavailable,
     InvalidStructuredOutput,
@@ -378,3 +379,69 @@ async def test_event_loop_stays_responsive_while_both_engines_work(engines: Loca
     assert len(lags) > 20
     p99 = statistics.quantiles(lags, n=100)[98]
     assert p99 < 0.1, f"loop lag p99 {p99 * 1000:.1f} ms"
+
+
+# ---------------------------------------------------------------- hardening
+
+
+async def test_image_progress_reports_each_step_once(engines: LocalEngines) -> None:
+    """The tiny model's PNDM scheduler calls back steps + 1 times; the last step used to
+    be reported twice."""
+    job = await engines.image.generate(ImageRequest("count the steps", seed=4, steps=5))
+    steps = [event.step async for event in job]
+    await job.result()
+    assert steps == [0, 1, 2, 3, 4, 5]
+
+
+async def test_worker_and_image_process_leave_stop_signals_to_the_bot(engines: LocalEngines) -> None:
+    """Ctrl-C and systemd's stop signal the whole process group: the children must
+    survive them (the bot stops them itself, after finishing or re-queueing its jobs)."""
+    stats = await engines.stats()
+    worker_pid, image_pid = stats["pid"], stats["image_pid"]
+    job = await engines.image.generate(ImageRequest("a long one", steps=40, seed=3))
+    async for event in job:
+        if event.step >= 1:
+            break
+    for pid in (worker_pid, image_pid):
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    result = await job.result()  # the image running at that moment still completes
+    assert decode(result.png).size == (64, 64)
+    chat = await (await engines.llm.stream(HELLO, GenerationOptions(max_new_tokens=4))).result()
+    assert chat.metrics.generated_tokens >= 1
+    assert engines.health().ready and engines.health().restarts == 0
+    assert engines.worker_pid == worker_pid and (await engines.stats())["image_pid"] == image_pid
+
+
+async def test_a_worker_crash_is_an_interruption_and_a_failed_restart_is_not_down(tiny_models, tmp_path) -> None:
+    """While restarts are left, health never says "down" (the job queue fails every
+    waiting job at "down"), not even between a failed restart and the next one."""
+    import shutil
+
+    llm_dir = tmp_path / "llm"
+    shutil.copytree(tiny_models.llm, llm_dir)
+    engines = LocalEngines(worker_config(tiny_models, llm_dir=str(llm_dir), image_dir=None), max_restarts=3)
+    await engines.start()
+    try:
+        stream = await engines.llm.stream(HELLO, GenerationOptions(max_new_tokens=100000, ignore_eos=True))
+        await stream.__anext__()
+        model = llm_dir / "openvino_model.xml"
+        model.rename(llm_dir / "hidden.xml")  # the next start fails to load
+        os.kill(engines.worker_pid, signal.SIGKILL)
+        with pytest.raises(EngineInterrupted):
+            await stream.result()
+
+        states: list[str] = []
+        while engines.health().restarts < 2:  # restart 1 fails; watch through its backoff
+            states.append(engines.health().state)
+            await asyncio.sleep(0.01)
+        (llm_dir / "hidden.xml").rename(model)
+        deadline = time.monotonic() + 60
+        while not engines.health().ready:
+            states.append(engines.health().state)
+            assert time.monotonic() < deadline, states[-5:]
+            await asyncio.sleep(0.01)
+        assert "down" not in states and set(states) == {"restarting"}
+        assert engines.health().restarts == 2
+    finally:
+        await engines.close()

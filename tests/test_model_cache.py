@@ -560,11 +560,11 @@ def test_cli_list_download_verify(cli_env: Path, capsys: pytest.CaptureFixture[s
 
     assert _cli(["verify"]) == 1  # the image model is still missing
     out = capsys.readouterr().out
-    assert "llm: OK (sizes checked)" in out and "image: MISSING" in out
+    assert "llm: OK (sizes of 7 files checked against the manifest)" in out and "image: MISSING" in out
 
     assert _cli(["download"]) == 0
     assert _cli(["verify", "--checksums"]) == 0
-    assert "image: OK (sizes and sha256 checked)" in capsys.readouterr().out
+    assert "image: OK (sizes and sha256 of 6 files checked against the manifest)" in capsys.readouterr().out
 
     _flip_middle(cli_env / "ovbot-test--tiny-llm" / "main" / BIG)
     assert _cli(["verify"]) == 0  # sizes alone cannot see it

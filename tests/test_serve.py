@@ -145,8 +145,8 @@ async def test_running_job_is_requeued_at_shutdown_and_finishes_after_restart(
                 server.process.send_signal(signal.SIGTERM)
                 rest = [line async for line in lines]
             ends = [line for line in rest if line.startswith("event: ") and line != "event: image_progress"]
-            # released (a status saying so), not finished, and then the stream ended
-            assert ends and ends[-1] == "event: status", ends
+            # released (the turn says it was interrupted and will resume), then the stream ended
+            assert ends and ends[-1] == "event: interrupted", ends
         assert await asyncio.wait_for(server.process.wait(), 60) == 0, server.output
     assert "app shut down" in server.output
 

@@ -88,7 +88,7 @@ async def test_database_from_a_newer_version_is_refused_untouched(tmp_path: Path
         conn.execute("PRAGMA user_version = 999")
 
     newer = make_store(tmp_path)
-    with pytest.raises(SchemaVersionError, match=r"schema version 999.*up to 1") as info:
+    with pytest.raises(SchemaVersionError, match=rf"schema version 999.*up to {latest_version()}") as info:
         await newer.initialize()
     assert "newer ovbot" in info.value.user_message
     assert await newer.ping() is False  # not left half-open
@@ -97,13 +97,14 @@ async def test_database_from_a_newer_version_is_refused_untouched(tmp_path: Path
 
 
 async def test_a_failing_migration_is_rolled_back_entirely(tmp_path: Path) -> None:
-    broken = (*MIGRATIONS, (2, "CREATE TABLE extra (x INTEGER);\nINSERT INTO no_such_table VALUES (1);"))
+    next_version = latest_version() + 1
+    broken = (*MIGRATIONS, (next_version, "CREATE TABLE extra (x INTEGER);\nINSERT INTO no_such_table VALUES (1);"))
     store = make_store(tmp_path, migrations=broken)
     with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
         await store.initialize()
 
     with raw(tmp_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version()
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
     fixed = make_store(tmp_path)
     await fixed.initialize()  # the database is still usable by the current code

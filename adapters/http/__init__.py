@@ -1,4 +1,5 @@
-"""The HTTP API adapter (FastAPI): ``create_app(app)`` serves one core ``App``."""
+"""The HTTP API adapter (FastAPI): ``create_app(bot, ...)`` translates HTTP into calls
+of the core facade; ``HttpAdapter`` serves it with uvicorn."""
 
 from ovbot.adapters.http.api import create_app
 

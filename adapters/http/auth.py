@@ -39,12 +39,16 @@ class Identity:
     def user(self, user_id: str) -> UserRef:
         return UserRef(PLATFORM, f"{self.key_id}:{user_id}")
 
-    def chat(self, user_id: str, conversation_id: str | None) -> ChatRef:
-        return ChatRef(PLATFORM, f"{self.key_id}:{conversation_id or user_id}")
+    def tenant(self) -> UserRef:
+        """The key itself as a requester: its key is a prefix of every user's it made,
+        so the core lets it see (not act for) all of them."""
+        return UserRef(PLATFORM, self.key_id)
 
-    def owns(self, user_key: str) -> bool:
-        """True for a ``UserRef.key`` created through this key."""
-        return user_key.startswith(f"{PLATFORM}:{self.key_id}:")
+    def chat(self, user_id: str, conversation_id: str | None) -> ChatRef:
+        """A conversation belongs to its user: another user's conversation id names a
+        conversation of the caller's own (ids cannot contain '/')."""
+        suffix = f"/{conversation_id}" if conversation_id else ""
+        return ChatRef(PLATFORM, f"{self.key_id}:{user_id}{suffix}")
 
 
 class KeyChecker:

@@ -44,6 +44,8 @@ class ChatRequest(_Request):
     conversation_id: ClientId | None = None
     image: ChatImageOptions | None = None
     show_reasoning: bool = False
+    #: how much the model reasons first, for this message only (default: the conversation's)
+    reasoning: Literal["off", "short", "full"] | None = None
 
 
 class ImageRequestBody(_Request):
@@ -70,6 +72,14 @@ class PersonaRequest(_Request):
     user_id: ClientId
     conversation_id: ClientId | None = None
     persona: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+
+
+class ThinkRequest(_Request):
+    """Set the conversation's reasoning mode; null goes back to the bot's default."""
+
+    user_id: ClientId
+    conversation_id: ClientId | None = None
+    mode: Literal["off", "short", "full"] | None
 
 
 # ---------------------------------------------------------------- responses

@@ -1,14 +1,13 @@
-"""Following a job's reply events from an HTTP request: as Server-Sent Events, or
-until the end for a blocking ``POST /chat``.
+"""A turn's events as Server-Sent Events.
 
-Each SSE event goes out as ``id: <seq>``, ``event: <type>``, ``data: <json>``; the
-stream ends after the terminal event. While a job waits in the queue nothing may happen
-for minutes, so a comment line goes out every ``keepalive_s`` to keep proxies from
-closing the connection. A client that reconnects with ``Last-Event-ID`` gets only the
-events after that one (the queue replays a job's events from the first).
+Each event goes out as ``id: <seq>``, ``event: <type>``, ``data: <json>``; the stream
+ends after the terminal event. While a job waits in the queue nothing may happen for
+minutes, so a comment line goes out every ``keepalive_s`` to keep proxies from closing
+the connection. A client that reconnects with ``Last-Event-ID`` gets only the events
+after that one (a turn replays from its first event, in the same order every time).
 
-Both ways stop following when the App stops: a job the queue released at shutdown
-will run again after the restart, and the request must end now rather than hang.
+The wire names predate the typed events and are kept for existing clients: progress
+notes are ``status`` events, a failure is ``error``.
 """
 
 from __future__ import annotations
@@ -16,76 +15,87 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
-from ovbot.core.domain import ReplyEvent
+from ovbot.core.turns import (
+    ImageQueued,
+    ImageReady,
+    Started,
+    Thinking,
+    TurnDone,
+    TurnEvent,
+    TurnFailed,
+)
 
 KEEPALIVE = b": keepalive\n\n"
+#: wire names that differ from the event's own ``kind``
+_WIRE_NAMES: dict[type[TurnEvent], str] = {Started: "status", Thinking: "status", TurnFailed: "error"}
+#: the text of status events that carry no text of their own
+_STATUS_TEXT: dict[type[TurnEvent], str] = {Started: "running", Thinking: "thinking"}
+_TEXT_FIELDS = ("text", "message")
+
+#: turns an image or picture-job id into the URL a client fetches it from
+ImageUrl = Callable[[str], str]
 
 
-def format_event(event: ReplyEvent) -> bytes:
-    payload = {"job_id": event.job_id, "type": event.type, "text": event.text, "data": event.data, "seq": event.seq}
+def wire_event(event: TurnEvent, image_url: ImageUrl) -> dict[str, Any]:
+    """``{"job_id", "type", "text", "data", "seq"}`` as clients of this API read it."""
+    data = event.payload()
+    text = _STATUS_TEXT.get(type(event), "")
+    for name in _TEXT_FIELDS:
+        if name in data and not isinstance(event, TurnDone):
+            text = str(data.pop(name) or "")
+    if isinstance(event, ImageQueued):
+        data["job_id"] = event.job_id
+        data["url"] = image_url(event.job_id)
+    elif isinstance(event, ImageReady):
+        data["url"] = image_url(event.image_id)
+    elif isinstance(event, TurnDone) and event.image_job_id:
+        data["url"] = image_url(event.image_job_id)
+    if "error_kind" in data:
+        data["kind"] = data.pop("error_kind")
+    data = {key: value for key, value in data.items() if value is not None}
+    name = _WIRE_NAMES.get(type(event), event.kind)
+    return {"job_id": event.job_id, "type": name, "text": text, "data": data, "seq": event.seq}
+
+
+def format_event(event: TurnEvent, image_url: ImageUrl) -> bytes:
+    payload = wire_event(event, image_url)
     data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
     # json.dumps never emits a raw newline, so the data fits on one "data:" line
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+    return f"id: {event.seq}\nevent: {payload['type']}\ndata: {data}\n\n".encode()
 
 
-def with_data(event: ReplyEvent, **extra: Any) -> ReplyEvent:
-    return replace(event, data={**event.data, **extra})
-
-
-async def follow(
-    events: AsyncIterator[ReplyEvent], stop: asyncio.Event, keepalive_s: float | None = None
-) -> AsyncIterator[ReplyEvent | None]:
-    """``events`` up to the terminal one, ``None`` after each ``keepalive_s`` of
-    silence; ends early once ``stop`` is set. Closes the subscription however it ends
-    (finished, stopped, or the consumer went away)."""
+async def sse_stream(
+    events: AsyncIterator[TurnEvent],
+    image_url: ImageUrl,
+    *,
+    after_seq: int | None = None,
+    keepalive_s: float = 15.0,
+) -> AsyncIterator[bytes]:
     iterator = events.__aiter__()
-    stopped = asyncio.ensure_future(stop.wait())
-    pending: asyncio.Future[Any] | None = None
+    pending: asyncio.Future[TurnEvent] | None = None
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending, stopped}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED)
-            if pending in done:
-                finished, pending = pending, None
-                try:
-                    event = finished.result()
-                except StopAsyncIteration:
-                    return
-                yield event
-                if event.terminal:
-                    return
-            elif stopped in done:
+            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
+            if not done:
+                yield KEEPALIVE
+                continue
+            finished, pending = pending, None
+            try:
+                event = finished.result()
+            except StopAsyncIteration:
                 return
-            else:
-                yield None
+            if after_seq is None or event.seq > after_seq or event.terminal:
+                yield format_event(event, image_url)
+            if event.terminal:
+                return
     finally:
-        for future in (pending, stopped):
-            if future is not None:
-                future.cancel()
-        await asyncio.gather(*(f for f in (pending, stopped) if f is not None), return_exceptions=True)
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
         close = getattr(iterator, "aclose", None)
         if close is not None:
             await close()
-
-
-async def sse_stream(
-    events: AsyncIterator[ReplyEvent],
-    stop: asyncio.Event,
-    *,
-    translate: Callable[[ReplyEvent], ReplyEvent] = lambda event: event,
-    after_seq: int | None = None,
-    keepalive_s: float = 15.0,
-) -> AsyncIterator[bytes]:
-    followed = follow(events, stop, keepalive_s)
-    try:
-        async for event in followed:
-            if event is None:
-                yield KEEPALIVE
-            elif after_seq is None or event.seq > after_seq or event.terminal:
-                yield format_event(translate(event))
-    finally:
-        await followed.aclose()

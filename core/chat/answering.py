@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from ovbot.core.chat.answer_stream import GRAMMAR_MAX_LENGTH, AnswerStreamParser, answer_schema
 from ovbot.core.engines.base import LLMEngine
@@ -46,15 +47,18 @@ class AnswerSettings:
     temperature: float = 0.6
     seed: int | None = None
 
-    def options(self) -> GenerationOptions:
+    def options(self, max_reasoning_chars: int | None | Literal["default"] = "default") -> GenerationOptions:
+        """``max_reasoning_chars``: this answer's reasoning bound (0: answer at once,
+        None: unbounded); by default the settings' bound."""
+        bound = self.max_reasoning_chars if max_reasoning_chars == "default" else max_reasoning_chars
         return GenerationOptions(
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             json_schema=answer_schema(
                 self.response_max_chars, self.image_prompt_max_chars, self.grammar_max_length
             ),
-            think=True,
-            max_reasoning_chars=self.max_reasoning_chars,
+            think=bound != 0,
+            max_reasoning_chars=bound,
             seed=self.seed,
         )
 
@@ -126,9 +130,13 @@ class AnswerGenerator:
             pass
 
     async def generate(
-        self, messages: Sequence[ChatMessage], sink: EventSink, show_reasoning: bool
+        self,
+        messages: Sequence[ChatMessage],
+        sink: EventSink,
+        show_reasoning: bool,
+        max_reasoning_chars: int | None | Literal["default"] = "default",
     ) -> Answer:
-        stream = await self._llm.stream(messages, self.settings.options())
+        stream = await self._llm.stream(messages, self.settings.options(max_reasoning_chars))
         parser = AnswerStreamParser()
         reply = _ReplyText(self._reader_limit())
         reasoning: list[str] = []

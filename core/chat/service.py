@@ -12,6 +12,8 @@ new one (after ``/reset forget`` the store drops them altogether).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -32,35 +34,44 @@ from ovbot.core.jobs.base import EventSink, JobQueue
 from ovbot.core.jobs.base import JobOutcome
 from ovbot.core.prompts import PromptBuilder
 from ovbot.core.store.base import Store
+from ovbot.core.turns import REASONING_MODES, ReasoningMode
 
 
 class Limits(Protocol):
-    async def check_and_record(self, user: UserRef, kind: Literal["chat", "image"]) -> None:
-        """Raise RateLimited when ``user`` used up ``kind``, else count one use."""
+    def admit(
+        self, user: UserRef, kind: Literal["chat", "image"]
+    ) -> AbstractAsyncContextManager[tuple[str, ...]]:
+        """Raise RateLimited when ``user`` used up ``kind``; else yield the usage to charge
+        with ``queue.submit(job, usage=...)`` (charged only if the queue accepts the job)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """The payload of a chat job, typed."""
+    """The payload of a chat job, typed. The reasoning mode is fixed when the job is
+    queued, so a job that runs again after a restart reasons the same way."""
 
     message: str
     image: ImageParams | None
     show_reasoning: bool
+    reasoning: ReasoningMode = "full"
 
     def to_payload(self) -> dict[str, Any]:
         return {
             "message": self.message,
             "image": None if self.image is None else self.image.to_dict(),
             "show_reasoning": self.show_reasoning,
+            "reasoning": self.reasoning,
         }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ChatRequest:
         image = payload.get("image")
+        mode = payload.get("reasoning")
         return cls(
             message=str(payload["message"]),
             image=None if image is None else ImageParams.from_dict(image),
             show_reasoning=bool(payload.get("show_reasoning", False)),
+            reasoning=mode if mode in REASONING_MODES else "full",
         )
 
 
@@ -84,6 +95,12 @@ class ChatService:
         self._settings = settings
         self._answers = AnswerGenerator(engines.llm, answers or AnswerSettings())
         self._images = ImageJobRunner(engines.image, store)
+        #: reasoning bound of each mode (0: the model answers at once)
+        self._reasoning_chars: dict[ReasoningMode, int] = {
+            "off": 0,
+            "short": settings.reasoning_short_chars,
+            "full": settings.reasoning_full_chars,
+        }
 
     async def warm_up(self) -> None:
         """Prepare the engines for the first user (compile the answer grammar)."""
@@ -97,6 +114,7 @@ class ChatService:
         message: str,
         image: ImageParams | None = None,
         show_reasoning: bool = False,
+        reasoning: ReasoningMode | None = None,
     ) -> Job:
         """Queue one chat turn. Input is checked before any limit is charged: a typo
         must not cost a turn. Explicit image parameters are checked here too, so a bad
@@ -105,9 +123,9 @@ class ChatService:
         if image is not None:
             image = explicit_params(image, message)
             resolve_params(image, self._engines.image)
-        await self._limits.check_and_record(user, "chat")
-        request = ChatRequest(message, image, show_reasoning)
-        return await self._submit(JobKind.CHAT, user, chat, request.to_payload())
+        request = ChatRequest(message, image, show_reasoning, reasoning or self._settings.reasoning_mode)
+        async with self._limits.admit(user, "chat") as usage:
+            return await self._submit(JobKind.CHAT, user, chat, request.to_payload(), usage=usage)
 
     async def submit_image(
         self, user: UserRef, chat: ChatRef, params: ImageParams, parent_job_id: str | None = None
@@ -127,11 +145,11 @@ class ChatService:
         job_id: str | None = None,
     ) -> Job:
         resolved = resolve_params(params, self._engines.image)
-        await self._limits.check_and_record(user, "image")
         payload = {"image": resolved.to_dict(), "parent_job_id": parent_job_id}
-        return await self._submit(
-            JobKind.IMAGE, user, chat, payload, conversation_id=conversation_id, job_id=job_id
-        )
+        async with self._limits.admit(user, "image") as usage:
+            return await self._submit(
+                JobKind.IMAGE, user, chat, payload, conversation_id=conversation_id, job_id=job_id, usage=usage
+            )
 
     async def _submit(
         self,
@@ -142,6 +160,7 @@ class ChatService:
         *,
         conversation_id: str | None = None,
         job_id: str | None = None,
+        usage: Sequence[str] = (),
     ) -> Job:
         await self._store.upsert_user(user)
         if conversation_id is None:
@@ -149,7 +168,11 @@ class ChatService:
         job = Job(kind=kind, user=user, chat=chat, conversation_id=conversation_id, payload=payload)
         if job_id is not None:
             job.id = job_id
-        return await self._queue.submit(job)
+        return await self._queue.submit(job, usage=usage)
+
+    def check_image(self, params: ImageParams) -> ImageParams:
+        """``params`` resolved against the engine's limits (BadParameter otherwise)."""
+        return resolve_params(params, self._engines.image)
 
     def _checked_message(self, message: str) -> str:
         text = message.strip()
@@ -175,14 +198,12 @@ class ChatService:
         await self._store.upsert_user(user)
         await self._store.set_persona(chat, text or None)
 
-    async def cancel(self, job_id: str, user: UserRef, is_admin: bool = False) -> Job:
-        return await self._queue.cancel(job_id, user, is_admin)
-
     # ------------------------------------------------------------------ running jobs
     async def run_chat_job(self, job: Job, sink: EventSink) -> JobOutcome:
         request = ChatRequest.from_payload(job.payload)
         messages = await self.prompt_for(job, request.message)
-        answer = await self._answers.generate(messages, sink, request.show_reasoning)
+        budget = self._reasoning_chars[request.reasoning]
+        answer = await self._answers.generate(messages, sink, request.show_reasoning, budget)
         result: dict[str, Any] = {"text": answer.text}
         if request.show_reasoning:
             result["reasoning"] = answer.reasoning

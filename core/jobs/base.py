@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ovbot.core.domain import Job, JobKind, ReplyEvent, Turn, UserRef
+from ovbot.core.jobs.gate import EngineGate
 
 
 class EventSink(Protocol):
@@ -40,6 +41,9 @@ class QueuePosition:
 class JobQueue(Protocol):
     def register(self, kind: JobKind, handler: JobHandler) -> None: ...
 
+    def set_gate(self, kind: JobKind, gate: EngineGate | None) -> None:
+        """Start jobs of ``kind`` only while ``gate`` is open; None removes it."""
+
     async def start(self) -> None:
         """Recover: re-queue jobs whose lease expired, load queued jobs, start workers."""
 
@@ -47,8 +51,9 @@ class JobQueue(Protocol):
         """Stop intake, let running jobs finish for up to ``grace_s``, then release them
         (they stay durable and run again after the next start)."""
 
-    async def submit(self, job: Job) -> Job:
-        """Persist (committed) then schedule. Raises QueueFull when bounded out."""
+    async def submit(self, job: Job, usage: Sequence[str] = ()) -> Job:
+        """Persist (committed) then schedule. Raises QueueFull when bounded out.
+        ``usage``: limit kinds charged to the user in the job's insert transaction."""
 
     async def cancel(self, job_id: str, requester: UserRef, is_admin: bool = False) -> Job:
         """Cancel a queued or running job (owner or admin). NotFound / Forbidden."""
@@ -58,6 +63,9 @@ class JobQueue(Protocol):
 
     def subscribe(self, job_id: str) -> AsyncIterator[ReplyEvent]:
         """Events of a job from its first one (replayed) until a terminal event."""
+
+    def live_jobs_of(self, user_key: str) -> list[Job]:
+        """The user's running and waiting jobs (running first, then in line order)."""
 
     def depth(self) -> dict[str, int]:
         """Queued and running counts by kind, for /ready and /metrics."""

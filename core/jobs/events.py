@@ -30,6 +30,8 @@ TERMINAL_TYPES = frozenset({"done", "error", "cancelled"})
 _CONCATENATED = frozenset({"text", "reasoning"})
 #: Snapshots where only the latest value matters when a log is full.
 _REPLACEABLE = frozenset({"status", "image_progress"})
+#: What a run produces as it goes (void when the run is lost and the job runs again).
+_DELTAS = frozenset({"text", "reasoning", "image_progress"})
 
 
 def terminal_event_from_job(job: Job) -> ReplyEvent | None:
@@ -112,6 +114,14 @@ class EventHub:
         if job_log is not None and job_log.finished:
             del self._logs[job_id]
             self._finished.pop(job_id, None)
+
+    def discard_deltas(self, job_id: str) -> None:
+        """Forget the text, reasoning and progress of a run that was lost (the job runs
+        again): a subscriber arriving later replays only the run that counts. Live
+        subscribers already got them, and the queue's "retry" status tells them to drop them."""
+        job_log = self._logs.get(job_id)
+        if job_log is not None and not job_log.finished:
+            job_log.events = [e for e in job_log.events if e.type not in _DELTAS]
 
     def sink(self, job_id: str) -> JobSink:
         return JobSink(self, job_id)

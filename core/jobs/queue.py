@@ -15,27 +15,47 @@ Chat and image jobs wait in separate lanes: chat runs up to ``max_running_chat``
 (the engine batches them), images one at a time by default, and a new image does not
 start while chat jobs wait for a slot (both share the device) unless it has waited
 ``image_max_wait_s``, so a busy chat cannot starve images forever.
+
+Engine restarts (``ovbot.core.jobs.gate``): a kind whose engine is restarting starts
+nothing (its jobs wait, new ones are still accepted); a job whose run the engine lost
+(``EngineInterrupted``: the worker died mid-job) goes back to the front of its lane and
+runs again, at most ``max_attempts`` starts in all, so a job that kills the engine every
+time cannot keep it restarting forever. The same bound applies to jobs found running
+after a crash of the whole bot: at start, leases of dead processes of this host are void
+(``ovbot.core.jobs.leases``) and their jobs go first in line without waiting for expiry.
+
+Usage limits are charged in the transaction that inserts the job (``submit(usage=...)``)
+after the bounds check, so a refused request costs nothing. A job that ends without ever
+having started (cancelled while waiting, or failed because its engine is gone) gets its
+charge back: the bot did no work for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import heapq
 import logging
 import math
-import os
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ovbot.core.domain import Job, JobKind, JobState, ReplyEvent, Turn, UserRef
-from ovbot.core.errors import EngineUnavailable, Forbidden, NotFound, OvbotError, QueueFull
+from ovbot.core.errors import (
+    EngineInterrupted,
+    EngineUnavailable,
+    Forbidden,
+    NotFound,
+    OvbotError,
+    QueueFull,
+)
 from ovbot.core.jobs.base import EventSink, JobHandler, JobOutcome, QueuePosition
+from ovbot.core.jobs.estimates import DEFAULT_DURATIONS_S, JobDurations
 from ovbot.core.jobs.events import EventHub
+from ovbot.core.jobs.gate import OPEN, EngineGate, GateStatus
+from ovbot.core.jobs.lanes import Lane, Running, StopReason, Waiting
+from ovbot.core.jobs.leases import hold, lease_is_void, new_owner_id
 from ovbot.core.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -43,10 +63,13 @@ log = logging.getLogger(__name__)
 GENERIC_FAILURE = "Something went wrong while handling your request. Please try again."
 STORE_FAILURE = "Your request could not be saved. Please try again in a moment."
 RESTART_NOTICE = "The bot is restarting; your request will run again when it is back."
-#: First guesses for job durations, until real ones are measured.
-DEFAULT_DURATIONS_S = {JobKind.CHAT: 15.0, JobKind.IMAGE: 60.0}
-_EMA_WEIGHT = 0.3
+RETRY_NOTICE = "The engine stopped while working on your request; it will run again shortly."
+GAVE_UP = (
+    "The engine stopped {attempts} times while working on your request, so it was not "
+    "tried again. Please try something else or try later."
+)
 _CLOSED_RETRY_S = 30.0
+__all__ = ["DEFAULT_DURATIONS_S", "JobOutcome", "LocalJobQueue", "QueueClosed"]
 
 
 
@@ -57,79 +80,19 @@ class QueueClosed(QueueFull):
     kind = "queue_closed"
 
 
-StopReason = Literal["cancel", "shutdown"]
 Phase = Literal["new", "running", "stopping", "stopped"]
-
-
-@dataclass(order=True, slots=True)
-class _Waiting:
-    tag: int
-    seq: int
-    job: Job = field(compare=False)
-    enqueued_at: float = field(compare=False, default=0.0)
-
-
-@dataclass(slots=True)
-class _Running:
-    job: Job
-    started_at: float
-    runner: asyncio.Task[None] | None = None
-    handler_task: asyncio.Task[Any] | None = None
-    stop_reason: StopReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Ending:
     """How a run ended, before it is written to the store; state QUEUED means it was
-    interrupted by shutdown and goes back in line."""
+    interrupted (by shutdown, or by the engine when ``interrupted``) and goes back in line."""
 
     state: JobState
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     turns: Sequence[Turn] = ()
-
-
-class _Lane:
-    """Waiting line and running set of one job kind, served in fair order."""
-
-    def __init__(self, kind: JobKind, concurrency: int) -> None:
-        if concurrency < 1:
-            raise ValueError(f"{kind.value} concurrency must be at least 1")
-        self.kind = kind
-        self.concurrency = concurrency
-        self.waiting: list[_Waiting] = []  # kept sorted: the order the lane serves
-        self.running: dict[str, _Running] = {}
-        self._virtual = 0  # tag of the job that started last
-        self._last_tag: dict[str, int] = {}  # per user, only while it matters
-        self._seq = 0
-
-    def add(self, job: Job, now: float) -> None:
-        user = job.user.key
-        tag = max(self._virtual, self._last_tag.get(user, -1) + 1)
-        self._last_tag[user] = tag
-        self._seq += 1
-        bisect.insort(self.waiting, _Waiting(tag, self._seq, job, now))
-
-    def pop(self) -> Job:
-        entry = self.waiting.pop(0)
-        self._virtual = entry.tag
-        # a tag below the virtual time no longer changes max(); forget it
-        self._last_tag = {u: t for u, t in self._last_tag.items() if t >= self._virtual}
-        return entry.job
-
-    def remove(self, job_id: str) -> Job | None:
-        for index, entry in enumerate(self.waiting):
-            if entry.job.id == job_id:
-                del self.waiting[index]
-                return entry.job
-        return None
-
-    def find_waiting(self, job_id: str) -> Job | None:
-        return next((e.job for e in self.waiting if e.job.id == job_id), None)
-
-    @property
-    def has_room(self) -> bool:
-        return len(self.running) < self.concurrency
+    interrupted: bool = False
 
 
 class LocalJobQueue:
@@ -151,25 +114,33 @@ class LocalJobQueue:
         cancel_wait_s: float = 5.0,
         events: EventHub | None = None,
         default_durations_s: Mapping[JobKind, float] | None = None,
+        max_attempts: int = 3,
     ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self._store = store
         self._lanes = {
-            JobKind.CHAT: _Lane(JobKind.CHAT, max_running_chat),
-            JobKind.IMAGE: _Lane(JobKind.IMAGE, max_running_image),
+            JobKind.CHAT: Lane(JobKind.CHAT, max_running_chat),
+            JobKind.IMAGE: Lane(JobKind.IMAGE, max_running_image),
         }
         self._max_per_user = max_queued_per_user
         self._max_total = max_queued_total
         self._lease_s = lease_s
         self._clock = clock
-        self._owner = owner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._owner = owner_id or new_owner_id()
+        hold(self._owner, self)  # no other queue of this process takes our leases for void
         self._image_max_wait_s = image_max_wait_s
         self._status_interval_s = status_interval_s
         self._cancel_wait_s = cancel_wait_s
         self._events = events or EventHub(store, clock=clock)
         self._handlers: dict[JobKind, JobHandler] = {}
-        self._durations = {**DEFAULT_DURATIONS_S, **(default_durations_s or {})}
+        self._durations = JobDurations(default_durations_s)
+        self._max_attempts = max_attempts
+        self._gates: dict[JobKind, EngineGate] = {}
+        self._gate_watchers: dict[JobKind, asyncio.Task[None]] = {}
+        self._chores: set[asyncio.Task[None]] = set()  # failing the jobs of a lane that is down
         self._reserved: dict[str, int] = {}  # submits between bound check and insert
         self._published: dict[str, int] = {}  # last position told to each waiting job
         self._phase: Phase = "new"
@@ -188,15 +159,30 @@ class LocalJobQueue:
     def register(self, kind: JobKind, handler: JobHandler) -> None:
         self._handlers[kind] = handler
 
+    def set_gate(self, kind: JobKind, gate: EngineGate | None) -> None:
+        """Jobs of ``kind`` start only while ``gate`` is open (None: always open)."""
+        if gate is None:
+            self._gates.pop(kind, None)
+        else:
+            self._gates[kind] = gate
+
     async def start(self) -> None:
-        """Recover: re-queue jobs whose lease expired, load queued jobs, start workers."""
+        """Recover: re-queue jobs whose lease expired or whose owner died, load queued
+        jobs (the recovered ones first), start workers."""
         if self._phase in ("running", "stopping"):
             return
         for lane in self._lanes.values():
             lane.waiting.clear()
-        await self._store.requeue_expired(self._clock())
-        for job in await self._store.jobs_in_states([JobState.QUEUED]):
-            self._enqueue(job)
+        recovered = set(await self._requeue_lost())
+        first: list[Job] = []
+        for job in await self._store.jobs_in_states([JobState.QUEUED]):  # oldest first
+            if job.id not in recovered:
+                self._enqueue(job)
+            elif job.attempts >= self._max_attempts:
+                await self._give_up(job)
+            else:
+                first.append(job)
+        self._enqueue_first(first)
         self._phase = "running"
         self._background = [
             asyncio.create_task(self._status_loop(), name="ovbot-queue-status"),
@@ -206,20 +192,50 @@ class LocalJobQueue:
         self._dispatch()
 
     async def recover(self) -> int:
-        """Put jobs whose lease expired (a worker that died without a restart of this
-        process, or a crash shortly before this start) back in line. Returns how many."""
-        ids = await self._store.requeue_expired(self._clock())
-        added = 0
+        """Put jobs whose lease expired or whose owner died (another process of this
+        host, or a crash shortly before this start) back in line, first, as they were
+        running. Returns how many."""
+        ids = await self._requeue_lost()
+        first: list[Job] = []
         for job_id in ids:
             job = await self._store.get_job(job_id)
-            if job is not None and job.state is JobState.QUEUED and not self._is_known(job_id):
-                self._events.reopen(job_id)  # its last end was never recorded
-                self._enqueue(job)
-                added += 1
-        if added:
-            log.warning("re-queued %d jobs whose lease expired", added)
+            if job is None or job.state is not JobState.QUEUED or self._is_known(job_id):
+                continue
+            self._events.reopen(job_id)  # its last end was never recorded
+            if job.attempts >= self._max_attempts:
+                await self._give_up(job)
+            else:
+                first.append(job)
+        if first:
+            log.warning("re-queued %d jobs whose lease expired or whose process died", len(first))
+            self._enqueue_first(first)
             self._dispatch()
-        return added
+        return len(first)
+
+    async def _requeue_lost(self) -> list[str]:
+        """Back to queued in the store: jobs held by a process of this host that is gone
+        (void leases, see ``leases``), then jobs whose lease expired. Ids, oldest first."""
+        owners = [o for o in await self._store.lease_owners() if lease_is_void(o, self._owner)]
+        void = await self._store.requeue_owned(owners) if owners else []
+        if void:
+            log.warning("reclaimed %d jobs from dead processes (owners %s)", len(void), ", ".join(owners))
+        return void + await self._store.requeue_expired(self._clock())
+
+    def _enqueue_first(self, jobs: Sequence[Job]) -> None:
+        now = self._clock()
+        for kind, lane in self._lanes.items():
+            mine = sorted((j for j in jobs if j.kind is kind), key=lambda j: j.created_at)
+            if mine:
+                lane.add_front(mine, now)
+                for job in mine:
+                    self._events.open(job.id)
+
+    async def _give_up(self, job: Job) -> None:
+        """A job that was running whenever the engine or the bot died, ``max_attempts``
+        times: most likely it is what kills them. It fails instead of running again."""
+        log.error("job %s failed after %d interrupted attempts", job.id, job.attempts)
+        message = GAVE_UP.format(attempts=job.attempts)
+        await self._end_unstarted(job, JobState.FAILED, {"kind": "engine_unavailable", "message": message})
 
     async def stop(self, grace_s: float) -> None:
         """Stop intake, let running jobs finish for up to ``grace_s``, then release them
@@ -235,10 +251,13 @@ class LocalJobQueue:
             if running.handler_task is not None:
                 running.handler_task.cancel()
         await self._finish_runners()
-        for task in self._background:
+        if self._chores:  # jobs being failed because their engine is gone: let them finish
+            await asyncio.wait(set(self._chores), timeout=self._cancel_wait_s)
+        for task in [*self._background, *self._gate_watchers.values()]:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._background, *self._gate_watchers.values(), return_exceptions=True)
         self._background = []
+        self._gate_watchers.clear()
         for lane in self._lanes.values():
             lane.waiting.clear()
         self._published.clear()
@@ -257,17 +276,24 @@ class LocalJobQueue:
         await asyncio.gather(*pending, return_exceptions=True)
 
     # ------------------------------------------------------------------ intake
-    async def submit(self, job: Job) -> Job:
-        """Persist (committed) then schedule. Raises QueueFull when bounded out."""
+    async def submit(self, job: Job, usage: Sequence[str] = ()) -> Job:
+        """Persist (committed) then schedule. Raises QueueFull when bounded out, and
+        EngineUnavailable when the kind's engine is down for good. ``usage``: the limit
+        kinds to charge the user, recorded in the job's insert transaction, so only an
+        accepted request is charged (checking the limits is the caller's, before)."""
         self._check_open(job)
-        self._check_bounds(job.user)
+        counted = not _is_follow_up(job)
+        if counted:
+            self._check_bounds(job.user)
         job.state = JobState.QUEUED
         user = job.user.key
-        self._reserved[user] = self._reserved.get(user, 0) + 1
+        if counted:
+            self._reserved[user] = self._reserved.get(user, 0) + 1
         try:
-            await self._store.insert_job(job)
+            await self._store.insert_job(job, usage)
         finally:
-            self._release_reservation(user)
+            if counted:
+                self._release_reservation(user)
         self._events.open(job.id)
         if self._phase != "running":  # stopped while we were writing: runs after restart
             self._events.publish(job.id, "status", RESTART_NOTICE)
@@ -291,8 +317,16 @@ class LocalJobQueue:
             raise QueueClosed(message, _CLOSED_RETRY_S)
         if job.kind not in self._handlers:
             raise EngineUnavailable(f"This bot does not handle {job.kind.value} requests right now.")
+        gate = self._gate_status(job.kind)
+        if gate.state == "down":
+            raise EngineUnavailable(gate.reason)
 
     def _check_bounds(self, user: UserRef) -> None:
+        """A picture a chat answer asked for (a follow-up) is neither checked nor counted
+        against its user: the chat that queued it was accepted, and it must not cost the
+        user their next message. Follow-ups do count in the total others are checked
+        against (they are waiting work) but are never refused by it: each running chat
+        queues at most one, so the total overshoots by at most ``max_running_chat``."""
         mine = self._waiting_of(user.key) + self._reserved.get(user.key, 0)
         if mine >= self._max_per_user:
             retry = self._retry_after(user.key)
@@ -322,7 +356,7 @@ class LocalJobQueue:
             etas += [
                 estimates[entry.job.id][1]
                 for entry in lane.waiting
-                if user_key is None or entry.job.user.key == user_key
+                if user_key is None or (entry.job.user.key == user_key and not _is_follow_up(entry.job))
             ]
         return float(max(1, math.ceil(min(etas)))) if etas else 1.0
 
@@ -332,15 +366,68 @@ class LocalJobQueue:
 
     # ------------------------------------------------------------------ scheduling
     def _dispatch(self) -> None:
-        """Start every job that may start now: chat first, then images."""
+        """Start every job that may start now: chat first, then images; none of a kind
+        whose engine is not ready (see the module docstring)."""
         if self._phase != "running":
             return
         for lane in self._lanes.values():  # dict order: chat, then image
+            if not lane.waiting:
+                continue
+            gate = self._gate_status(lane.kind)
+            if gate.state == "down":
+                self._fail_waiting(lane, gate.reason)
+                continue
+            if gate.state == "wait":
+                self._watch_gate(lane.kind)
+                continue
             while lane.waiting and lane.has_room and self._may_start(lane):
                 self._launch(lane, lane.pop())
         self._status_dirty.set()
 
-    def _may_start(self, lane: _Lane) -> bool:
+    def _gate_status(self, kind: JobKind) -> GateStatus:
+        gate = self._gates.get(kind)
+        if gate is None:
+            return OPEN
+        try:
+            return gate.status()
+        except Exception:  # a broken gate must not stop the queue: behave as without one
+            log.exception("the %s engine gate failed; treating it as open", kind.value)
+            return OPEN
+
+    def _watch_gate(self, kind: JobKind) -> None:
+        """Dispatch again once the gate of ``kind`` is no longer "wait" (one watcher per kind)."""
+        if kind in self._gate_watchers:
+            return
+
+        async def watch() -> None:
+            try:
+                while self._phase == "running" and self._gate_status(kind).state == "wait":
+                    await self._gates[kind].changed()
+            finally:
+                self._gate_watchers.pop(kind, None)
+            self._dispatch()
+
+        self._gate_watchers[kind] = asyncio.create_task(watch(), name=f"ovbot-queue-gate-{kind.value}")
+
+    def _fail_waiting(self, lane: Lane, reason: str) -> None:
+        """The lane's engine will not come back: every waiting job fails, saying so."""
+        jobs = lane.take_all()
+        if not jobs:
+            return
+        log.error("%s engine is down: failing %d waiting jobs", lane.kind.value, len(jobs))
+
+        async def fail_all() -> None:
+            for job in jobs:
+                try:
+                    await self._end_unstarted(job, JobState.FAILED, {"kind": "engine_unavailable", "message": reason})
+                except Exception:  # the store is down too: the job stays queued for the next start
+                    log.exception("could not fail job %s", job.id)
+
+        task = asyncio.create_task(fail_all(), name=f"ovbot-queue-fail-{lane.kind.value}")
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    def _may_start(self, lane: Lane) -> bool:
         if lane.kind is not JobKind.IMAGE:
             return True
         if not self._lanes[JobKind.CHAT].waiting:
@@ -348,17 +435,18 @@ class LocalJobQueue:
         waited = self._clock() - lane.waiting[0].enqueued_at
         return waited >= self._image_max_wait_s
 
-    def _launch(self, lane: _Lane, job: Job) -> None:
-        running = _Running(job=job, started_at=self._clock())
+    def _launch(self, lane: Lane, entry: Waiting) -> None:
+        job = entry.job
+        running = Running(job=job, started_at=self._clock(), entry=entry)
         lane.running[job.id] = running
         self._published.pop(job.id, None)
         running.runner = asyncio.create_task(self._run(lane, running), name=f"ovbot-job-{job.id}")
 
-    async def _run(self, lane: _Lane, running: _Running) -> None:
+    async def _run(self, lane: Lane, running: Running) -> None:
         """One job from claim to its durable end; never raises into the event loop."""
         job_id = running.job.id
         try:
-            await self._claim_and_run(running)
+            await self._claim_and_run(lane, running)
         except asyncio.CancelledError:
             log.warning("job %s abandoned during shutdown; its lease will re-queue it", job_id)
         except Exception:
@@ -368,7 +456,7 @@ class LocalJobQueue:
             lane.running.pop(job_id, None)
             self._dispatch()
 
-    async def _claim_and_run(self, running: _Running) -> None:
+    async def _claim_and_run(self, lane: Lane, running: Running) -> None:
         now = self._clock()
         claimed = await self._store.claim_job(running.job.id, self._owner, now + self._lease_s, now)
         if claimed is None:
@@ -377,17 +465,38 @@ class LocalJobQueue:
         running.job = claimed
         running.started_at = self._clock()
         if running.stop_reason is None:
-            eta = round(self._durations[claimed.kind], 1)
+            eta = round(self._durations.expected(claimed), 1)
             self._events.publish(claimed.id, "status", "running", {"position": 0, "eta_s": eta})
             ending = await self._execute(running)
         else:
             ending = _stopped(running.stop_reason)
-        if ending.state is JobState.QUEUED:
+        if ending.interrupted:
+            await self._retry(lane, running)
+        elif ending.state is JobState.QUEUED:
             await self._release(running.job)
         else:
             await self._finish(running, ending)
 
-    async def _execute(self, running: _Running) -> _Ending:
+    async def _retry(self, lane: Lane, running: Running) -> None:
+        """The engine lost this run: back to the front of the line (it waits there while
+        the engine restarts), unless it already had ``max_attempts`` starts."""
+        job = running.job
+        if job.attempts >= self._max_attempts:
+            log.error("job %s interrupted by the engine %d times: giving up", job.id, job.attempts)
+            error = {"kind": "engine_unavailable", "message": GAVE_UP.format(attempts=job.attempts)}
+            await self._finish(running, _Ending(JobState.FAILED, error=error))
+            return
+        log.warning(
+            "job %s interrupted by the engine (attempt %d of %d); re-queued", job.id, job.attempts, self._max_attempts
+        )
+        await self._release(job, RETRY_NOTICE, {"retry": True, "attempt": job.attempts})
+        # what it streamed is void: a late subscriber must only see the run that counts
+        self._events.discard_deltas(job.id)
+        if self._phase == "running" and running.entry is not None:
+            running.entry.job = await self._fresh(job)
+            lane.put_back(running.entry)
+
+    async def _execute(self, running: Running) -> _Ending:
         job = running.job
         handler = self._handlers.get(job.kind)
         if handler is None:
@@ -407,10 +516,16 @@ class LocalJobQueue:
 
     def _ending_of(self, task: asyncio.Task[Any], stop_reason: StopReason | None, job: Job) -> _Ending:
         """A handler that returned wins over a late cancel (the work is done); one that
-        was cancelled, or raised while being stopped, ends as the stop asked."""
+        was cancelled, or raised while being stopped, ends as the stop asked. An engine
+        that lost the run (it died, or is not ready since) is the engine's failure, not
+        the job's: the job runs again."""
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or (error is not None and stop_reason is not None):
             return _stopped(stop_reason)
+        if isinstance(error, EngineInterrupted) or (
+            isinstance(error, EngineUnavailable) and not self._gate_status(job.kind).open
+        ):
+            return _Ending(JobState.QUEUED, interrupted=True)
         if isinstance(error, OvbotError):
             return _Ending(JobState.FAILED, error={"kind": error.kind, "message": error.user_message})
         if error is not None:
@@ -438,7 +553,7 @@ class LocalJobQueue:
             if not renewed:
                 log.warning("job %s lost its lease; it may run again elsewhere", job_id)
 
-    async def _finish(self, running: _Running, ending: _Ending) -> None:
+    async def _finish(self, running: Running, ending: _Ending) -> None:
         """Write the end in one transaction, then tell subscribers: a "done" event always
         means the result is durable."""
         job = await self._fresh(running.job)
@@ -451,7 +566,7 @@ class LocalJobQueue:
         job.lease_expires_at = None
         await self._store.finish_job(job, ending.turns)
         if ending.state is JobState.DONE:
-            self._learn_duration(job.kind, now - running.started_at)
+            self._durations.learn(job, now - running.started_at)
         log.info(
             "job %s kind=%s user=%s state=%s attempts=%d waited_s=%.3f ran_s=%.3f%s",
             job.id,
@@ -465,15 +580,17 @@ class LocalJobQueue:
         )
         self._emit_end(job)
 
-    async def _release(self, claimed: Job) -> None:
-        """Give a job interrupted by shutdown back to the store as queued (attempts kept)."""
+    async def _release(
+        self, claimed: Job, notice: str = RESTART_NOTICE, data: dict[str, Any] | None = None
+    ) -> None:
+        """Give an interrupted job back to the store as queued (attempts kept)."""
         job = await self._fresh(claimed)
         job.state = JobState.QUEUED
         job.lease_owner = None
         job.lease_expires_at = None
         job.started_at = None
         await self._store.update_job(job)
-        self._events.publish(job.id, "status", RESTART_NOTICE)
+        self._events.publish(job.id, "status", notice, data)
 
     async def _fresh(self, job: Job) -> Job:
         """The stored copy, so fields others wrote meanwhile (delivery) survive our write."""
@@ -488,10 +605,6 @@ class LocalJobQueue:
             self._events.publish(job.id, "error", message, {"kind": error.get("kind", "error")})
         else:
             self._events.publish(job.id, "cancelled")
-
-    def _learn_duration(self, kind: JobKind, seconds: float) -> None:
-        previous = self._durations[kind]
-        self._durations[kind] = previous + _EMA_WEIGHT * (max(seconds, 0.0) - previous)
 
     # ------------------------------------------------------------------ cancel
     async def cancel(self, job_id: str, requester: UserRef, is_admin: bool = False) -> Job:
@@ -513,7 +626,7 @@ class LocalJobQueue:
         # waiting here, or queued in the store without being loaded (before start)
         return await self._cancel_stored(waiting or job)
 
-    async def _cancel_running(self, running: _Running) -> Job:
+    async def _cancel_running(self, running: Running) -> Job:
         running.stop_reason = "cancel"
         if running.handler_task is not None:
             running.handler_task.cancel()
@@ -522,12 +635,18 @@ class LocalJobQueue:
         return await self._store.get_job(running.job.id) or running.job
 
     async def _cancel_stored(self, job: Job) -> Job:
+        return await self._end_unstarted(job, JobState.CANCELLED)
+
+    async def _end_unstarted(self, job: Job, state: JobState, error: dict[str, Any] | None = None) -> Job:
+        """End a job that is not running. One that never started at all gets its usage
+        charge back in the same transaction: the bot did nothing for it."""
         job = await self._fresh(job)
-        job.state = JobState.CANCELLED
+        job.state = state
+        job.error = error
         job.finished_at = self._clock()
         job.lease_owner = None
         job.lease_expires_at = None
-        await self._store.finish_job(job)
+        await self._store.finish_job(job, refund_usage=job.attempts == 0)
         self._published.pop(job.id, None)
         self._emit_end(job)
         return job
@@ -539,7 +658,7 @@ class LocalJobQueue:
             running = lane.running.get(job_id)
             if running is not None:
                 elapsed = self._clock() - running.started_at
-                return QueuePosition(0, max(self._durations[lane.kind] - elapsed, 0.0))
+                return QueuePosition(0, max(self._durations.expected(running.job) - elapsed, 0.0))
         estimate = self._estimate(job_id)
         if estimate is None:
             return None
@@ -548,6 +667,12 @@ class LocalJobQueue:
     def subscribe(self, job_id: str) -> AsyncIterator[ReplyEvent]:
         """Events of a job from its first one (replayed) until a terminal event."""
         return self._events.subscribe(job_id)
+
+    def live_jobs_of(self, user_key: str) -> list[Job]:
+        """The user's running jobs, then their waiting ones in the order they will run."""
+        running = [r.job for lane in self._lanes.values() for r in lane.running.values()]
+        waiting = [e.job for lane in self._lanes.values() for e in lane.waiting]
+        return [job for job in running + waiting if job.user.key == user_key]
 
     def depth(self) -> dict[str, int]:
         chat, image = self._lanes[JobKind.CHAT], self._lanes[JobKind.IMAGE]
@@ -565,19 +690,19 @@ class LocalJobQueue:
                 return estimate
         return None
 
-    def _lane_estimates(self, lane: _Lane) -> dict[str, tuple[int, float]]:
+    def _lane_estimates(self, lane: Lane) -> dict[str, tuple[int, float]]:
         """Position and expected start of every waiting job: replay the lane's slots,
-        each freeing when its job is expected to end (average duration so far)."""
-        duration = self._durations[lane.kind]
+        each freeing when its job is expected to end (see ``estimates``)."""
+        expected = self._durations.expected
         now = self._clock()
-        slots = [max(duration - (now - r.started_at), 0.0) for r in lane.running.values()]
+        slots = [max(expected(r.job) - (now - r.started_at), 0.0) for r in lane.running.values()]
         slots += [0.0] * max(lane.concurrency - len(slots), 0)
         heapq.heapify(slots)
         estimates: dict[str, tuple[int, float]] = {}
         for position, entry in enumerate(lane.waiting, start=1):
             start = heapq.heappop(slots)
             estimates[entry.job.id] = (position, start)
-            heapq.heappush(slots, start + duration)
+            heapq.heappush(slots, start + expected(entry.job))
         return estimates
 
     async def _status_loop(self) -> None:
@@ -613,7 +738,7 @@ class LocalJobQueue:
                 log.warning("could not re-queue expired jobs; retrying", exc_info=True)
 
     # ------------------------------------------------------------------ helpers
-    def _all_running(self) -> list[_Running]:
+    def _all_running(self) -> list[Running]:
         return [r for lane in self._lanes.values() for r in lane.running.values()]
 
     def _runner_tasks(self) -> list[asyncio.Task[None]]:
@@ -632,7 +757,13 @@ class LocalJobQueue:
         return self._live_job(job_id) is not None
 
     def _waiting_of(self, user_key: str) -> int:
-        return sum(1 for lane in self._lanes.values() for e in lane.waiting if e.job.user.key == user_key)
+        """Waiting jobs counted against the user's bound (follow-up pictures are not)."""
+        return sum(
+            1
+            for lane in self._lanes.values()
+            for e in lane.waiting
+            if e.job.user.key == user_key and not _is_follow_up(e.job)
+        )
 
     def _waiting_total(self) -> int:
         return sum(len(lane.waiting) for lane in self._lanes.values())
@@ -642,6 +773,11 @@ async def _call(handler: JobHandler, job: Job, sink: EventSink) -> Any:
     """Run the handler inside its task, so that even a handler that raises before its
     first await (or is not a coroutine function) ends as a failed job."""
     return await handler(job, sink)
+
+
+def _is_follow_up(job: Job) -> bool:
+    """A picture a chat answer asked for (queued by the chat job, which names itself)."""
+    return isinstance(job.payload, dict) and bool(job.payload.get("parent_job_id"))
 
 
 def _stopped(reason: StopReason | None) -> _Ending:

@@ -5,7 +5,8 @@ chat service or the queue."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ovbot.core.domain import (
     ChatRef,
@@ -16,6 +17,15 @@ from ovbot.core.domain import (
     Turn,
     UserRef,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOptions:
+    """What a chat chose for itself, as stored; ``None``: the bot's default."""
+
+    persona: str | None = None
+    reasoning_mode: str | None = None
+    image_defaults: dict[str, Any] | None = None
 
 
 class Store(Protocol):
@@ -37,6 +47,17 @@ class Store(Protocol):
 
     async def is_admin(self, user_key: str) -> bool: ...
 
+    async def list_admins(self) -> list[str]:
+        """Admins added at run time (the configured ones are not stored)."""
+
+    async def block_user(self, user_key: str, blocked_by: str) -> None: ...
+
+    async def unblock_user(self, user_key: str) -> None: ...
+
+    async def is_blocked(self, user_key: str) -> bool: ...
+
+    async def list_blocked(self) -> list[str]: ...
+
     # ---------------------------------------------------------------- conversations
     async def active_conversation(self, chat: ChatRef) -> str:
         """The chat's current conversation id (created on first use)."""
@@ -49,12 +70,20 @@ class Store(Protocol):
 
     async def get_persona(self, chat: ChatRef) -> str | None: ...
 
+    async def get_chat_options(self, chat: ChatRef) -> ChatOptions: ...
+
+    async def set_reasoning_mode(self, chat: ChatRef, mode: str | None) -> None: ...
+
+    async def set_image_defaults(self, chat: ChatRef, defaults: dict[str, Any] | None) -> None: ...
+
     async def recent_turns(self, conversation_id: str, limit: int) -> list[Turn]:
         """Up to ``limit`` most recent turns, oldest first."""
 
     # ---------------------------------------------------------------- jobs
-    async def insert_job(self, job: Job) -> None:
-        """Committed (durable) when this returns."""
+    async def insert_job(self, job: Job, usage: Sequence[str] = ()) -> None:
+        """Committed (durable) when this returns. ``usage``: limit kinds ("chat",
+        "image") charged to the job's user at ``job.created_at`` in the same transaction,
+        so a request is charged exactly when it is accepted."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
@@ -70,9 +99,18 @@ class Store(Protocol):
     async def requeue_expired(self, now: float) -> list[str]:
         """Running jobs whose lease expired go back to queued (at-least-once)."""
 
-    async def finish_job(self, job: Job, turns: Sequence[Turn] = ()) -> None:
+    async def lease_owners(self) -> list[str]:
+        """The distinct owners of running jobs' leases (to find dead ones)."""
+
+    async def requeue_owned(self, owners: Sequence[str]) -> list[str]:
+        """Running jobs leased by ``owners`` (processes known dead) go back to queued
+        now, without waiting for expiry. Their ids, oldest first."""
+
+    async def finish_job(self, job: Job, turns: Sequence[Turn] = (), *, refund_usage: bool = False) -> None:
         """Write the job's terminal state, result/error and the conversation turns it
-        produced in ONE transaction: a turn is never stored without its job or lost."""
+        produced in ONE transaction: a turn is never stored without its job or lost.
+        ``refund_usage`` also removes what ``insert_job`` charged for it (a job that
+        never started)."""
 
     async def update_job(self, job: Job) -> None:
         """Persist state/attempts/lease/timestamps/result/error as they are. ``delivery``
@@ -80,6 +118,13 @@ class Store(Protocol):
 
     async def record_delivery(self, job_id: str, key: str, value: object) -> None:
         """Remember where a result was posted (idempotent delivery across restarts)."""
+
+    async def mark_delivered(self, job_id: str, at: float) -> None:
+        """The adapter posted the job's final reply (NotFound for an unknown job)."""
+
+    async def undelivered_jobs(self, platform: str, since: float) -> list[Job]:
+        """Jobs of chats on ``platform`` created since ``since``, not marked delivered
+        and not cancelled, oldest first."""
 
     # ---------------------------------------------------------------- images
     async def save_image(self, job_id: str | None, user_key: str, png: bytes, params: dict) -> ImageRecord:

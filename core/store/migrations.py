@@ -129,7 +129,23 @@ CREATE TABLE heartbeat (
 INSERT INTO heartbeat (id, at) VALUES (1, 0);
 """
 
-MIGRATIONS: tuple[Migration, ...] = ((1, _V1_INITIAL),)
+# Chat settings beside the persona, blocked users, and delivery bookkeeping: a platform
+# adapter marks a reply delivered, so after a restart it re-posts only what is not.
+_V2_ADAPTER_API = """
+ALTER TABLE chats ADD COLUMN reasoning_mode TEXT;
+ALTER TABLE chats ADD COLUMN image_defaults TEXT;
+
+CREATE TABLE blocked_users (
+    user_key TEXT PRIMARY KEY,
+    blocked_by TEXT NOT NULL,
+    blocked_at REAL NOT NULL
+);
+
+ALTER TABLE jobs ADD COLUMN delivered_at REAL;
+CREATE INDEX jobs_undelivered ON jobs(chat_platform, delivered_at, created_at);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = ((1, _V1_INITIAL), (2, _V2_ADAPTER_API))
 
 
 class SchemaVersionError(OvbotError):

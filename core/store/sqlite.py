@@ -41,6 +41,7 @@ from ovbot.core.domain import (
     new_id,
 )
 from ovbot.core.errors import NotFound
+from ovbot.core.store.base import ChatOptions
 from ovbot.core.store.migrations import MIGRATIONS, Migration, apply_migrations, rollback_quietly
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ _INSERT_TURN = (
 )
 
 _EXPIRED = "state = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+
+_INSERT_USAGE = "INSERT INTO usage (user_key, kind, at) VALUES (?, ?, ?)"
 
 
 class SQLiteStore:
@@ -197,6 +200,27 @@ class SQLiteStore:
     async def is_admin(self, user_key: str) -> bool:
         return await self._read_one("SELECT 1 FROM admins WHERE user_key = ?", (user_key,)) is not None
 
+    async def list_admins(self) -> list[str]:
+        rows = await self._read_all("SELECT user_key FROM admins ORDER BY user_key")
+        return [str(row[0]) for row in rows]
+
+    async def block_user(self, user_key: str, blocked_by: str) -> None:
+        await self._write(
+            "INSERT INTO blocked_users (user_key, blocked_by, blocked_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(user_key) DO NOTHING",
+            (user_key, blocked_by, time.time()),
+        )
+
+    async def unblock_user(self, user_key: str) -> None:
+        await self._write("DELETE FROM blocked_users WHERE user_key = ?", (user_key,))
+
+    async def is_blocked(self, user_key: str) -> bool:
+        return await self._read_one("SELECT 1 FROM blocked_users WHERE user_key = ?", (user_key,)) is not None
+
+    async def list_blocked(self) -> list[str]:
+        rows = await self._read_all("SELECT user_key FROM blocked_users ORDER BY user_key")
+        return [str(row[0]) for row in rows]
+
     # ------------------------------------------------------------------ conversations
     async def active_conversation(self, chat: ChatRef) -> str:
         row = await self._read_one("SELECT active_conversation_id FROM chats WHERE key = ?", (chat.key,))
@@ -221,6 +245,25 @@ class SQLiteStore:
         row = await self._read_one("SELECT persona FROM chats WHERE key = ?", (chat.key,))
         return None if row is None else row[0]
 
+    async def get_chat_options(self, chat: ChatRef) -> ChatOptions:
+        row = await self._read_one(
+            "SELECT persona, reasoning_mode, image_defaults FROM chats WHERE key = ?", (chat.key,)
+        )
+        if row is None:
+            return ChatOptions()
+        return ChatOptions(row["persona"], row["reasoning_mode"], _loads_optional(row["image_defaults"]))
+
+    async def set_reasoning_mode(self, chat: ChatRef, mode: str | None) -> None:
+        async with self._transaction() as conn:
+            await _ensure_chat(conn, chat)
+            await _run(conn, "UPDATE chats SET reasoning_mode = ? WHERE key = ?", (mode, chat.key))
+
+    async def set_image_defaults(self, chat: ChatRef, defaults: dict[str, Any] | None) -> None:
+        encoded = None if defaults is None else _dumps(defaults)
+        async with self._transaction() as conn:
+            await _ensure_chat(conn, chat)
+            await _run(conn, "UPDATE chats SET image_defaults = ? WHERE key = ?", (encoded, chat.key))
+
     async def recent_turns(self, conversation_id: str, limit: int) -> list[Turn]:
         if limit <= 0:  # SQLite reads LIMIT -1 as "no limit"
             return []
@@ -232,8 +275,16 @@ class SQLiteStore:
         return [_row_to_turn(row) for row in reversed(rows)]
 
     # ------------------------------------------------------------------ jobs
-    async def insert_job(self, job: Job) -> None:
-        await self._write(_INSERT_JOB, _job_insert_params(job))
+    async def insert_job(self, job: Job, usage: Sequence[str] = ()) -> None:
+        params = _job_insert_params(job)
+        if not usage:
+            await self._write(_INSERT_JOB, params)
+            return
+        async with self._transaction() as conn:
+            await _run(conn, _INSERT_JOB, params)
+            rows = [(job.user.key, kind, job.created_at) for kind in usage]
+            async with conn.executemany(_INSERT_USAGE, rows):
+                pass
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._read_one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -271,6 +322,27 @@ class SQLiteStore:
         )
         return renewed == 1
 
+    async def lease_owners(self) -> list[str]:
+        rows = await self._read_all(
+            "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL"
+        )
+        return [str(row[0]) for row in rows]
+
+    async def requeue_owned(self, owners: Sequence[str]) -> list[str]:
+        if not owners:
+            return []
+        marks = ", ".join("?" * len(owners))
+        where = f"state = 'running' AND lease_owner IN ({marks})"
+        async with self._transaction() as conn:
+            rows = await _all(conn, f"SELECT id FROM jobs WHERE {where} ORDER BY created_at, rowid", owners)
+            if rows:
+                await _run(
+                    conn,
+                    f"UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL WHERE {where}",
+                    owners,
+                )
+        return [str(row[0]) for row in rows]
+
     async def requeue_expired(self, now: float) -> list[str]:
         """A running job without any lease is treated as expired: nothing would ever
         finish it otherwise."""
@@ -284,7 +356,7 @@ class SQLiteStore:
                 )
         return [str(row[0]) for row in rows]
 
-    async def finish_job(self, job: Job, turns: Sequence[Turn] = ()) -> None:
+    async def finish_job(self, job: Job, turns: Sequence[Turn] = (), *, refund_usage: bool = False) -> None:
         """Turns of a conversation forgotten while the job ran are dropped (see
         ``_INSERT_TURN``). Raises ``ValueError`` for a non-terminal state: that would be a
         job whose turns are stored while it may still run again."""
@@ -298,6 +370,9 @@ class SQLiteStore:
             if turn_rows:
                 async with conn.executemany(_INSERT_TURN, turn_rows):
                     pass
+            if refund_usage:  # the rows insert_job charged: this user, at the job's creation
+                refund = "DELETE FROM usage WHERE user_key = ? AND at = ?"
+                await _run(conn, refund, (job.user.key, job.created_at))
 
     async def update_job(self, job: Job) -> None:
         if await self._write(_UPDATE_JOB, _job_update_params(job)) != 1:
@@ -312,6 +387,18 @@ class SQLiteStore:
             delivery = json.loads(row[0])
             delivery[key] = encoded_value
             await _run(conn, "UPDATE jobs SET delivery = ? WHERE id = ?", (_dumps(delivery), job_id))
+
+    async def mark_delivered(self, job_id: str, at: float) -> None:
+        if await self._write("UPDATE jobs SET delivered_at = ? WHERE id = ?", (at, job_id)) != 1:
+            raise NotFound(f"job {job_id} not found")
+
+    async def undelivered_jobs(self, platform: str, since: float) -> list[Job]:
+        rows = await self._read_all(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE chat_platform = ? AND delivered_at IS NULL "
+            "AND created_at >= ? AND state <> 'cancelled' ORDER BY created_at, rowid",
+            (platform, since),
+        )
+        return [_row_to_job(row) for row in rows]
 
     # ------------------------------------------------------------------ images
     async def save_image(self, job_id: str | None, user_key: str, png: bytes, params: dict) -> ImageRecord:
@@ -362,7 +449,7 @@ class SQLiteStore:
         await self._write("DELETE FROM limit_overrides WHERE user_key = ?", (user_key,))
 
     async def record_usage(self, user_key: str, kind: str, at: float) -> None:
-        await self._write("INSERT INTO usage (user_key, kind, at) VALUES (?, ?, ?)", (user_key, kind, at))
+        await self._write(_INSERT_USAGE, (user_key, kind, at))
 
     async def usage_times(self, user_key: str, kind: str, since: float) -> list[float]:
         rows = await self._read_all(

@@ -3,8 +3,14 @@ turns requests into protocol messages and worker messages into stream events.
 
 A reader thread blocks on the pipe (releasing the GIL) and hands each message to the
 event loop with ``call_soon_threadsafe``; the loop itself never blocks on the worker.
-If the worker dies, every request in flight fails with ``EngineUnavailable``, health
-says "restarting", and the worker is started again (with backoff, up to a limit).
+If the worker dies, every request in flight fails with ``EngineInterrupted`` (the job
+queue runs those jobs again), health says "restarting" until the worker is back (with
+backoff), and "down" only once ``max_restarts`` is spent: the queue waits while it says
+"restarting" and gives up on waiting jobs only at "down".
+
+The worker and the image process ignore SIGINT and SIGTERM: Ctrl-C in a terminal and
+systemd's stop signal every process of the group, and the bot must be the one to decide
+(finish or re-queue the running job, then stop its children over the pipe).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from ovbot.core.errors import (
     BadParameter,
     Cancelled,
     EngineError,
+    EngineInterrupted,
     EngineUnavailable,
 )
 
@@ -234,7 +241,7 @@ class LocalEngines:
 
     def _send(self, message: object) -> None:
         if self._worker is None or not self._worker.send(message):
-            raise EngineUnavailable(WORKER_DIED)
+            raise EngineInterrupted(WORKER_DIED)
 
     def submit_chat(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> LLMStream:
         self._require_ready()
@@ -387,7 +394,7 @@ class LocalEngines:
         exit_code = worker.process.exitcode
         log.error("engine worker pid %s exited unexpectedly (exit code %s)", worker.process.pid, exit_code)
         self._worker = None
-        self._fail_all(EngineUnavailable(WORKER_DIED))
+        self._fail_all(EngineInterrupted(WORKER_DIED))
         self._state, self._detail = "restarting", f"worker exited with code {exit_code}"
         self._restart_task = asyncio.get_running_loop().create_task(self._restart())
 
@@ -395,7 +402,11 @@ class LocalEngines:
         while not self._closing:
             if self._restarts >= self._max_restarts:
                 self._state = "down"
-                self._detail = f"the engine worker crashed {self._restarts} times; restart ovbot"
+                self._detail = (
+                    f"the engine worker stopped and {self._restarts} restarts did not keep it up; restart ovbot"
+                    if self._max_restarts
+                    else "the engine worker stopped and OVBOT_WORKER_MAX_RESTARTS=0; restart ovbot"
+                )
                 log.error("engine worker not restarted: %s", self._detail)
                 return
             self._restarts += 1
@@ -405,6 +416,9 @@ class LocalEngines:
                 return
             except EngineUnavailable as exc:
                 log.error("engine worker restart %d failed: %s", self._restarts, exc.user_message)
+                # _spawn said "down"; it is not, while restarts are left (the queue
+                # fails every waiting job at "down")
+                self._state, self._detail = "restarting", f"restart {self._restarts} failed"
 
 
 class LocalLLMEngine:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ovbot.core.engines.local.worker import device_properties, stop_child
+from ovbot.core.engines.local.worker import device_properties, ignore_stop_signals, stop_child
 from ovbot.core.engines.local.protocol import (
     Cancel,
     Fatal,
@@ -56,6 +56,7 @@ def _lower_priority() -> None:
 
 def image_process_main(conn: Connection, config: WorkerConfig, chat_busy: Any, paused: Any) -> None:
     """Process target: load the image pipeline, report Ready (or Fatal), then serve."""
+    ignore_stop_signals()
     from ovbot.core.engines.local.image_runner import ImagePipelines, ImageRunner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

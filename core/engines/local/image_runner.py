@@ -150,10 +150,16 @@ class ImageRunner:
         started = time.monotonic()
 
         total = int(request.steps or 0)
+        reported = 0
 
         def on_step(step: int, _num_steps: int, _latent: Any) -> bool:
-            # some schedulers (PNDM) call back steps + 1 times: report in requested steps
-            self._send(ImageStep(item.request_id, min(step + 1, total), total))
+            nonlocal reported
+            # PNDM calls back steps + 1 times (it repeats its first timestep):
+            # report each requested step once, the last one included
+            done = min(step + 1, total)
+            if done > reported:
+                reported = done
+                self._send(ImageStep(item.request_id, done, total))
             if self._is_cancelled(item.request_id):
                 return True
             self._yield_to_chat(item.request_id)

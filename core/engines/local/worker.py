@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import traceback
 from collections.abc import Callable
@@ -32,6 +33,16 @@ from ovbot.core.engines.local.protocol import (
 )
 
 log = logging.getLogger("ovbot.engine.worker")
+
+
+def ignore_stop_signals() -> None:
+    """In a child process: leave SIGINT/SIGTERM to the bot. Ctrl-C and systemd's stop
+    reach every process of the group; a child that died of them would fail the running
+    job before the bot could finish or re-queue it (and print a KeyboardInterrupt
+    traceback into ``ovbot chat``). The bot stops its children itself, over the pipe,
+    or kills them if they do not answer."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def stop_child(process: Any, ask_to_stop: Callable[[], object], timeout: float) -> None:
@@ -155,6 +166,7 @@ class Worker:
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
     """Process target: load, report Ready (or Fatal with the reason), serve until told
     to stop or the parent disappears."""
+    ignore_stop_signals()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     worker = Worker(conn, config)
     try:

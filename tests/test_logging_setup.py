@@ -1,0 +1,86 @@
+"""The logging setup every command uses: one record is one line whatever its values
+hold, secrets stay redacted, and chatty libraries stay quiet even at DEBUG.
+
+``configure_logging`` is the real one, writing to the stream pytest captures; the
+root logger and the pinned loggers are restored after each test.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from ovbot.bots.logging_setup import CONTINUATION, QUIET_LOGGERS, configure_logging, escape_controls
+
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_control_characters_are_escaped_visibly() -> None:
+    assert escape_controls("a\nb\r\x00\x1b[1m\t\u2028\u202e\x85ok") == (
+        "a\\nb\\r\\x00\\x1b[1m\\t\\u2028\\u202e\\x85ok"
+    )
+    assert escape_controls("plain text, ümlaut, 日本, C:\\path") == "plain text, ümlaut, 日本, C:\\path"
+
+
+def test_an_exception_message_cannot_forge_a_record(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    forged = "1999-12-31 23:59:59,000 INFO ovbot.http: FORGED"
+    try:
+        raise ValueError(f"bad value\n{forged}\x00")
+    except ValueError:
+        logging.getLogger("ovbot.test").exception("request %s failed", f"/x\n{forged}")
+
+    lines = capsys.readouterr().err.splitlines()
+    assert RECORD_START.match(lines[0]), lines
+    assert all(line.startswith(CONTINUATION) for line in lines[1:]), lines
+    assert not [line for line in lines if line.startswith("1999")]
+    assert any("Traceback (most recent call last):" in line for line in lines)  # still readable
+    assert any(line.endswith("FORGED\\x00") for line in lines), lines
+
+
+def test_secrets_are_still_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("DEBUG", secrets=["my-api-key-0123456789"])
+    log = logging.getLogger("ovbot.test")
+    log.info("GET https://api.telegram.org/bot123456:AAAAAAAAAAAAAAAAAAAAAAAAAAAA/getMe key=%s", "my-api-key-0123456789")
+
+    err = capsys.readouterr().err
+    assert "my-api-key-0123456789" not in err and "AAAAAAAAAAAA" not in err
+    assert err.count("[REDACTED]") == 2
+
+
+@pytest.mark.parametrize("name", ["aiosqlite", "httpx", "httpcore", "telegram.ext.ExtBot", "discord.http"])
+def test_chatty_libraries_stay_at_warning_when_ovbot_runs_at_debug(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("DEBUG")
+    logging.getLogger(name).debug("executing INSERT (..., 'the user message')")
+    logging.getLogger(name).info("HTTP Request: POST https://api.telegram.org/bot1/sendMessage")
+    logging.getLogger(name).warning("a warning %s", name)
+    logging.getLogger("ovbot.test").debug("ovbot's own debug line")
+
+    err = capsys.readouterr().err
+    assert "the user message" not in err and "sendMessage" not in err
+    assert f"a warning {name}" in err and "ovbot's own debug line" in err
+
+
+def test_a_stricter_root_level_also_holds_for_the_pinned_libraries(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("ERROR")
+    logging.getLogger("aiosqlite").warning("should not show")
+    logging.getLogger("aiosqlite").error("shows")
+
+    err = capsys.readouterr().err
+    assert "should not show" not in err and "shows" in err
