@@ -13,7 +13,7 @@ from ovbot.core.errors import OvbotError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ovbot.bots import build_commands, chat_commands, models_commands, serve
+    from ovbot.bots import build_commands, chat_commands, discord_commands, models_commands, serve
 
     parser = argparse.ArgumentParser(
         prog="ovbot", description="Local-first private AI chat bot on OpenVINO GenAI."
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve.register(commands)
     chat_commands.register(commands)
+    discord_commands.register(commands)
     return parser
 
 

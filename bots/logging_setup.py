@@ -1,11 +1,12 @@
 """Logging with secrets redacted and control characters escaped in every record.
 
 Bot tokens travel in URLs (Telegram puts the token in every request path) and libraries
-log URLs, so redaction happens in a handler filter, for all loggers, not at call sites.
-Log values come from strangers too (a request path, an HTTP method, a library's error
-text): a CR/LF in one would start a forged log line, a NUL or an ANSI escape would reach
-the log file or the terminal as is. The handler's formatter escapes them once for
-every logger, so no call site has to remember.
+log URLs, so redaction happens in the handler's formatter, for all loggers, not at call
+sites. Log values come from strangers too (a request path, an HTTP method, a library's
+error text): a CR/LF in one would start a forged log line, a NUL or an ANSI escape would
+reach the log file or the terminal as is. The same formatter escapes them once for
+every logger, so no call site has to remember. Both work on the formatted text only and
+never change the record, which other handlers (pytest's capture, say) see unchanged.
 
 User content must not reach the logs at any level: libraries that log their arguments
 (aiosqlite logs SQL parameters, i.e. message text, at DEBUG; httpx logs URLs with bot
@@ -75,40 +76,30 @@ def _escape_char(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-class RedactingFilter(logging.Filter):
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
+class SafeFormatter(logging.Formatter):
+    """Secrets redacted, then the record's line (message and arguments included) with
+    control characters escaped; a traceback or stack keeps its line structure, each of
+    its lines escaped and indented by ``CONTINUATION``, so an exception message cannot
+    forge a record. ``secrets`` (tokens, API keys) are redacted verbatim."""
+
+    def __init__(self, fmt: str, secrets: Iterable[str] = ()) -> None:
+        super().__init__(fmt)
         self._secrets = tuple(s for s in secrets if s and len(s) >= 6)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message, self._secrets)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(text, self._secrets)
-            record.exc_info = None
-        return True
-
-
-class EscapingFormatter(logging.Formatter):
-    """The record's line (message and arguments included) with control characters
-    escaped; a traceback or stack keeps its line structure, each of its lines escaped
-    and indented by ``CONTINUATION``, so an exception message cannot forge a record."""
 
     def format(self, record: logging.LogRecord) -> str:
         record.message = record.getMessage()
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
-        text = escape_controls(self.formatMessage(record))
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        blocks = [record.exc_text] if record.exc_text else []
+        text = escape_controls(redact(self.formatMessage(record), self._secrets))
+        blocks: list[str] = []
+        if record.exc_info and record.exc_info[1] is not None:
+            blocks.append(self.formatException(record.exc_info))
+        elif record.exc_text:
+            blocks.append(record.exc_text)
         if record.stack_info:
             blocks.append(self.formatStack(record.stack_info))
         for block in blocks:
-            for line in block.splitlines():
+            for line in redact(block, self._secrets).splitlines():
                 text += "\n" + CONTINUATION + escape_controls(line)
         return text
 
@@ -116,8 +107,7 @@ class EscapingFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     """Log to stderr; ``secrets`` (tokens, API keys from settings) are redacted verbatim."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

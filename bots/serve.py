@@ -79,6 +79,12 @@ def configured_adapters(bot: Bot, settings: Settings) -> list[Adapter]:
         from ovbot.adapters.discord import build_discord_adapter
 
         adapters.append(build_discord_adapter(bot, settings))
+    if settings.telegram_token is not None:
+        from ovbot.adapters.telegram import TelegramAdapter, TelegramConfig
+
+        telegram = TelegramConfig.from_settings(settings)
+        assert telegram is not None
+        adapters.append(TelegramAdapter(bot, telegram))
     return adapters
 
 

@@ -3,8 +3,10 @@ allow-lists and blocks.
 
 Admins are the configured ones (``OVBOT_ADMINS``) plus those added at run time (stored).
 Allow-lists come from settings, per platform: a platform named in ``OVBOT_ALLOWED_USERS``
-admits only the users listed for it, one named in ``OVBOT_ALLOWED_CHATS`` answers only in
-the chats (or guilds) listed for it; platforms not named stay open. Blocks are stored and
+or ``OVBOT_ALLOWED_ROLES`` admits only the users listed for it and those holding a role
+listed for it (the platform reports a user's roles in ``UserRef.roles``), one named in
+``OVBOT_ALLOWED_CHATS`` answers only in the chats (or guilds) listed for it; platforms
+not named stay open. Blocks are stored and
 apply everywhere. Admins pass every list and cannot be blocked, so a bot can never lock
 out the people who run it.
 """
@@ -58,11 +60,13 @@ class AccessControl:
         admins: Sequence[str] = (),
         allowed_users: Sequence[str] = (),
         allowed_chats: Sequence[str] = (),
+        allowed_roles: Sequence[str] = (),
     ) -> None:
         self._store = store
         self._configured_admins = frozenset(admins)
         self._users = _by_platform(allowed_users)
         self._chats = _by_platform(allowed_chats)
+        self._roles = _by_platform(allowed_roles)
 
     async def is_admin(self, user_key: str) -> bool:
         return user_key in self._configured_admins or await self._store.is_admin(user_key)
@@ -79,8 +83,11 @@ class AccessControl:
         if await self._store.is_blocked(user.key):
             raise Forbidden(BLOCKED)
         allowed_users = self._users.get(user.platform)
-        if allowed_users is not None and user.user_id not in allowed_users:
-            raise Forbidden(NOT_ALLOWED_USER)
+        allowed_roles = self._roles.get(user.platform)
+        if allowed_users is not None or allowed_roles is not None:
+            listed = allowed_users is not None and user.user_id in allowed_users
+            if not listed and not (allowed_roles or frozenset()) & user.roles:
+                raise Forbidden(NOT_ALLOWED_USER)
         allowed_chats = self._chats.get(chat.platform)
         if allowed_chats is not None and not {chat.chat_id, chat.parent_id} & allowed_chats:
             raise Forbidden(NOT_ALLOWED_CHAT)

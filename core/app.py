@@ -176,6 +176,7 @@ class App:
                 admins=self.settings.admins,
                 allowed_users=self.settings.allowed_users,
                 allowed_chats=self.settings.allowed_chats,
+                allowed_roles=self.settings.allowed_roles,
             )
             self.limits = self._limits_in or self._build_limits()
             self.prompts = self._prompts_in or self._build_prompts()

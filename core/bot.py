@@ -15,6 +15,7 @@ every user it created. Admins see and cancel everything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,9 +31,11 @@ from ovbot.core.turns import (
     REASONING_MODES,
     ChatSettings,
     ImageFile,
+    ImageReady,
     JobStatus,
     LimitUsage,
     ReasoningMode,
+    TurnDone,
     TurnEvent,
     UndeliveredTurn,
     UsageReport,
@@ -142,7 +145,25 @@ class Bot:
         return TurnHandle(self, job, requester)
 
     def _follow(self, job_id: str) -> AsyncIterator[TurnEvent]:
-        return follow_turn(job_id, self._app.queue.subscribe, self._app.stopped)
+        return self._with_picture(follow_turn(job_id, self._app.queue.subscribe, self._app.stopped))
+
+    async def _with_picture(self, events: AsyncIterator[TurnEvent]) -> AsyncIterator[TurnEvent]:
+        """``events``, with the picture announced before the end even when only the end
+        is known: after a restart a finished job replays its result, not its progress,
+        so a turn that made a picture would end (``TurnDone.image_id``) without the
+        ``ImageReady`` an adapter posts the picture on."""
+        announced = False
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if isinstance(event, ImageReady):
+                    announced = True
+                elif isinstance(event, TurnDone) and event.image_id and not announced:
+                    record = await self._app.store.get_image(event.image_id)
+                    if record is not None:
+                        picture_job = event.image_job_id or event.job_id
+                        yield ImageReady(picture_job, event.seq, image_id=record.id, params=dict(record.params))
+                        event = replace(event, seq=event.seq + 1)
+                yield event
 
     # ------------------------------------------------------------------ jobs
     async def status(self, job_id: str, requester: UserRef) -> JobStatus:

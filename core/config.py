@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     #: the REST API base and the gateway: Discord's, or a Discord-compatible server's
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg"
+    #: who may use the bot by role, as platform:role_id (Discord role ids); a platform
+    #: listed here (or in allowed_users) admits only listed users and role holders
+    allowed_roles: Annotated[list[str], NoDecode] = []
 
     # ---------------------------------------------------------------- logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -252,6 +255,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.strip()
             return value or None  # OVBOT_DISCORD_TOKEN= in a .env means "not set"
+        return value
+
+    @field_validator("allowed_roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value:
+            if not re.match(r"^[a-z]+:\S+$", entry):
+                raise ValueError(f"{entry!r} is not platform:role_id (e.g. discord:123456789012345678)")
         return value
 
     @field_validator("discord_guild_ids", mode="before")
@@ -363,7 +376,14 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
-        values = [self.hf_token, self.remote_api_key, *self.api_keys, self.telegram_token, self.telegram_webhook_secret, self.discord_token]
+        values = [
+            self.hf_token,
+            self.remote_api_key,
+            *self.api_keys,
+            self.telegram_token,
+            self.telegram_webhook_secret,
+            self.discord_token,
+        ]
         return [v.get_secret_value() for v in values if v is not None]
 
     def image_limits(self) -> ImageLimits:

@@ -34,9 +34,14 @@ class JobState(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class UserRef:
+    """``roles`` are the roles the platform says the user holds where they ask (a
+    Discord member's guild roles), for role allow-lists; like ``ChatRef.parent_id``
+    they are not part of the user's identity and are not stored."""
+
     platform: str  # "http", "telegram", "discord", "cli"
     user_id: str
     display_name: str = ""
+    roles: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def key(self) -> str:

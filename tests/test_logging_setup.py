@@ -84,3 +84,21 @@ def test_a_stricter_root_level_also_holds_for_the_pinned_libraries(capsys: pytes
 
     err = capsys.readouterr().err
     assert "should not show" not in err and "shows" in err
+
+
+def test_redaction_and_escaping_leave_the_record_to_other_handlers(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the formatted text changes: a handler added after (pytest's capture, a
+    future file handler) still gets the exception to format itself."""
+    configure_logging("INFO", secrets=["my-api-key-0123456789"])
+    records: list[logging.LogRecord] = []
+    keep = logging.Handler()
+    keep.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(keep)
+    try:
+        raise RuntimeError("key my-api-key-0123456789 rejected\nsecond line")
+    except RuntimeError:
+        logging.getLogger("ovbot.test").exception("call failed")
+
+    err = capsys.readouterr().err
+    assert "my-api-key-0123456789" not in err and "key [REDACTED] rejected" in err
+    assert records and records[0].exc_info is not None and records[0].exc_info[0] is RuntimeError
