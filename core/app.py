@@ -291,11 +291,13 @@ class App:
         return SQLiteStore(self.settings.database_path, self.settings.data_dir)
 
     async def _build_engines(self) -> Engines:
-        from ovbot.core.engines.factory import build_engines
+        from ovbot.core.engines.factory import build_engines, check_devices
 
         if self.settings.engine == "remote":
             return build_engines(self.settings)
         from ovbot.models.cache import ModelCache
+
+        check_devices(self.settings)  # before a download of gigabytes, not after it
 
         dirs: Mapping[str, Any] = await ModelCache(self.settings).ensure_ready_async(self.models)
         return build_engines(self.settings, dirs.get("llm"), dirs.get("image"))

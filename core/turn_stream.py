@@ -28,6 +28,7 @@ from ovbot.core.turns import (
     Queued,
     ReasoningDelta,
     ReplyDone,
+    Retrying,
     Started,
     Status,
     TextDelta,
@@ -163,6 +164,8 @@ def _translate(event: ReplyEvent, *, image: bool) -> TurnEvent | None:
         if position == 0:
             return Started(job_id)
         return ImageQueued(job_id, position=position, eta_s=eta) if image else Queued(job_id, position=position, eta_s=eta)
+    if event.type == "status" and data.get("retry"):
+        return Retrying(job_id, attempt=int(data.get("attempt", 1)), message=event.text)
     if event.type == "status":
         if event.text == THINKING_STATUS:
             return Thinking(job_id)

@@ -57,6 +57,16 @@ class Started(TurnEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class Retrying(TurnEvent):
+    """The engine lost this job's run (its worker restarted): the job runs again from
+    the start, so text and progress streamed so far are void."""
+
+    attempt: int = 1
+    message: str = ""
+    kind: ClassVar[str] = "retrying"
+
+
+@dataclass(frozen=True, slots=True)
 class Thinking(TurnEvent):
     """The model reasons before it answers (sent once per answer)."""
 

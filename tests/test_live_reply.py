@@ -37,6 +37,7 @@ from ovbot.core.turns import (
     Queued,
     ReasoningDelta,
     ReplyDone,
+    Retrying,
     Started,
     Status,
     TextDelta,
@@ -446,6 +447,18 @@ def test_reply_done_text_is_authoritative() -> None:
     reply.apply(ReplyDone(JOB, text="Hello world."))
     reply.apply(ImageQueued("pic1", position=1, eta_s=0))
     assert reply.view().messages == ("Hello world.\n\n🎨 Picture: queued #1",)
+
+
+def test_a_retried_run_drops_what_the_lost_run_wrote() -> None:
+    reply = LiveReply(limit=200, show_reasoning=True)
+    reply.apply(ReasoningDelta(JOB, text="first thoughts"))
+    reply.apply(TextDelta(JOB, text="half an ans"))
+    reply.apply(Retrying(JOB, attempt=2, message="The engine stopped; it will run again shortly."))
+    view = reply.view()
+    assert "half an ans" not in "".join(view.messages) and "first thoughts" not in "".join(view.messages)
+    assert view.status == "The engine stopped; it will run again shortly."
+    reply.apply(TextDelta(JOB, text="A whole answer."))
+    assert reply.view().messages[0].startswith("A whole answer.")
 
 
 def test_picture_notes_are_kept_once() -> None:

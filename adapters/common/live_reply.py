@@ -28,6 +28,7 @@ from ovbot.core.turns import (
     Queued,
     ReasoningDelta,
     ReplyDone,
+    Retrying,
     Started,
     Status,
     TextDelta,
@@ -130,6 +131,10 @@ class LiveReply:
             self._status = PICTURE_STARTING if picture else STARTING
         elif isinstance(event, Thinking):
             self._status = THINKING
+        elif isinstance(event, Retrying):  # the run starts over: what it wrote is void
+            self._answer.clear()
+            self._reasoning.clear()
+            self._status = " ".join(event.message.split()) or STARTING
         elif isinstance(event, Status):
             self._status = " ".join(event.text.split()) or self._status
         elif isinstance(event, ReasoningDelta):
