@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
@@ -64,39 +64,9 @@ class ChatRef:
         return f"{self.platform}:{self.chat_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class ImageParams:
-    """What a user may ask for; unset fields take the configured defaults."""
-
-    prompt: str
-    negative_prompt: str = ""
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    cfg: float | None = None
-    seed: int | None = None
-
-    def to_request(self) -> ImageRequest:
-        return ImageRequest(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            width=self.width,
-            height=self.height,
-            steps=self.steps,
-            cfg=self.cfg,
-            seed=self.seed,
-        )
-
-    @classmethod
-    def from_request(cls, request: ImageRequest) -> "ImageParams":
-        return cls(**{name: getattr(request, name) for name in cls.__dataclass_fields__})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageParams":
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+#: What a user may ask for in a picture (unset fields take the configured defaults):
+#: the engine's own request type, so parameters and their checks are defined once.
+ImageParams = ImageRequest
 
 
 def new_id() -> str:

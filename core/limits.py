@@ -31,6 +31,10 @@ PRUNE_EVERY_S = 600.0
 log = logging.getLogger(__name__)
 
 
+#: the largest limit an admin may set: more than anyone can use, and within SQLite's integers
+MAX_LIMIT_VALUE = 1_000_000
+
+
 class AdminCheck(Protocol):
     """Admin rights are decided by ``ovbot.core.access.AccessControl`` alone."""
 
@@ -284,5 +288,7 @@ class RateLimits:
 def _check_count(field: str, value: int | None) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(field, "must be a whole number of 0 or more (0 turns the feature off)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LIMIT_VALUE:
+        raise InvalidInput(
+            field, f"must be a whole number from 0 to {MAX_LIMIT_VALUE:,} (0 turns the feature off)"
+        )

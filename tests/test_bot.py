@@ -224,8 +224,9 @@ async def test_admin_operations_allowed_for_admins_refused_for_others(bot: Bot) 
         await bot.admins_list(dave)
     with pytest.raises(InvalidInput):
         await bot.block(ADMIN, ADMIN.key)
-    with pytest.raises(InvalidInput):
-        await bot.block(ADMIN, "no colon here")
+    for malformed in ("no colon here", "memory:nul\x00byte", "memory:esc\x1b[2J", "memory:" + "x" * 300):
+        with pytest.raises(InvalidInput):
+            await bot.block(ADMIN, malformed)
 
 
 async def test_a_blocked_user_gets_one_clear_refusal_until_unblocked(bot: Bot) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -168,6 +169,13 @@ async def test_health_ready_docs(served: Served) -> None:
         assert body["queue"]["chat_queued"] == 0
         docs = await anonymous.get("/docs")
         assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+        # everything the page loads comes from this server: the docs work offline
+        assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", docs.text)
+        assets += re.findall(r"""url: ?['"]([^'"]+)['"]""", docs.text)
+        assert assets and all(url.startswith("/") for url in assets), assets
+        for url in assets:
+            assert (await anonymous.get(url)).status_code == 200, url
+        assert (await anonymous.get("/redoc")).status_code == 404
         schema = (await anonymous.get("/openapi.json")).json()
         assert {"/chat", "/images", "/jobs/{job_id}", "/reset"} <= set(schema["paths"])
 
@@ -598,3 +606,27 @@ async def test_reasoning_mode_per_conversation_and_queue(served: Served) -> None
     assert mine[1]["position"] == 1
     for accepted in (waiting, running):
         await client.delete(f"/jobs/{accepted.json()['job_id']}", params={"user_id": "tess"})
+
+
+async def test_strict_types_bounded_limits_and_clean_user_keys(served: Served) -> None:
+    client = served.client
+    for body, field in (
+        ({"user_id": "sam", "prompt": "cat", "steps": "5"}, "steps"),
+        ({"user_id": "sam", "prompt": "cat", "steps": True}, "steps"),
+        ({"user_id": "sam", "prompt": "cat", "seed": 1.5}, "seed"),
+    ):
+        assert_error(await client.post("/images", json=body), 422, "validation", field)
+    assert_error(await client.post("/reset", json={"user_id": "sam", "forget": "yes"}), 422, "validation", "forget")
+    assert (await client.post("/images", json={"user_id": "sam", "prompt": "cat", "cfg": 5, "steps": 1})).status_code == 202
+
+    target = f"http:{key_id(KEY)}:sam"
+    huge = await client.put(f"/admin/limits/{target}", json={"user_id": "boss", "chat_per_window": 2**70})
+    error = assert_error(huge, 400, "invalid_input", "chat_per_window")
+    assert "1,000,000" in error["message"]
+    for bad_key in ("http:abc%00def", "http:a%1bb", "nocolon"):
+        response = await client.get(f"/admin/limits/{bad_key}", params={"user_id": "boss"})
+        assert response.status_code in (400, 422), (bad_key, response.text)
+    pattern = await client.get("/admin/limits/NOPE:x", params={"user_id": "boss"})
+    assert "platform:user_id" in assert_error(pattern, 422, "validation", "user_key")["message"]
+    bad_id = assert_error(await client.post("/chat", json={"user_id": "a b", "message": "hi"}), 422, "validation")
+    assert "letters, digits" in bad_id["message"]

@@ -20,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import Request
 
 from ovbot.adapters.http.auth import Identity, KeyChecker
+from ovbot.adapters.http.docs import install_offline_docs
 from ovbot.adapters.http.errors import ApiError, install_error_handlers
 from ovbot.adapters.http.middleware import RequestMiddleware
 from ovbot.adapters.http.schemas import (
@@ -35,6 +36,7 @@ from ovbot.adapters.http.schemas import (
     ResetRequest,
     ResetResponse,
     ThinkRequest,
+    USER_KEY_PATTERN,
 )
 from ovbot.adapters.http.sse import sse_stream
 from ovbot.core.bot import Bot, TurnHandle, TurnOptions
@@ -91,7 +93,10 @@ def create_app(
         version="0.1.0",
         description="Chat and images from a private, local model. Errors are "
         '`{"error": {"kind", "message", "field"?}}`; 429s carry Retry-After.',
+        docs_url=None,
+        redoc_url=None,
     )
+    install_offline_docs(api)
     install_error_handlers(api, metrics)
     api.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=MAX_BODY_BYTES)
 
@@ -270,7 +275,7 @@ def create_app(
 
     # ---------------------------------------------------------------- limits
     RequesterId = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)]
-    TargetKey = Annotated[str, Path(min_length=3, max_length=200, pattern=r"^[a-z]+:[^\s/]+$")]
+    TargetKey = Annotated[str, Path(min_length=3, max_length=200, pattern=USER_KEY_PATTERN)]
 
     @api.get("/usage", tags=["limits"], responses=_ERRORS)
     async def usage(user_id: RequesterId, who: Caller) -> dict[str, Any]:

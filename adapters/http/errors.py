@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ovbot.adapters.http.schemas import PATTERN_HELP
 from ovbot.core.errors import OvbotError
 from ovbot.core.metrics import Metrics
 
@@ -126,16 +127,17 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
                 "malformed_json",
                 "The request body must be a JSON object, sent with 'Content-Type: application/json'.",
             )
-        problems.append((".".join(where) or "body", _plain(kind, error.get("msg", "is invalid"))))
+        problems.append((".".join(where) or "body", _plain(kind, error.get("msg", "is invalid"), error.get("ctx"))))
     message = "; ".join(f"{field}: {text}" for field, text in problems) or "The request is invalid."
     return ApiError("validation", message, field=problems[0][0] if problems else None)
 
 
-def _plain(kind: str, message: str) -> str:
+def _plain(kind: str, message: str, context: dict[str, Any] | None = None) -> str:
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; see /docs)"
     if kind == "string_pattern_mismatch":
-        return "may only contain letters, digits and _ . @ : + -"
+        pattern = str((context or {}).get("pattern", ""))
+        return PATTERN_HELP.get(pattern, "contains characters that are not allowed")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a JSON object"
     return message[:1].lower() + message[1:]

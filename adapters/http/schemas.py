@@ -20,14 +20,25 @@ MAX_MESSAGE_CHARS = 100_000
 MAX_PROMPT_CHARS = 10_000
 
 ClientId = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
+#: another user named by an admin: platform:user_id, printable, no spaces or slashes
+USER_KEY_PATTERN = r"^[a-z]+:[^\s/\x00-\x1f\x7f]+$"
+#: what each pattern means, for the validation message
+PATTERN_HELP = {
+    ID_PATTERN: "may only contain letters, digits and _ . @ : + -",
+    USER_KEY_PATTERN: "must be platform:user_id, e.g. telegram:123 (no spaces or control characters)",
+}
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_max_length=MAX_MESSAGE_CHARS)
+    """Strict: ``"steps": "5"``, ``"steps": true`` or ``"forget": "yes"`` are errors,
+    not guesses (an int is still a valid float)."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=MAX_MESSAGE_CHARS, strict=True)
 
 
 class ChatImageOptions(_Request):
-    """Ask the reply to come with a picture; the model writes the picture's prompt."""
+    """Ask the reply to come with a picture; the model writes the picture's prompt.
+    Ranges are the engine's (configured), checked by the core with the exact limit."""
 
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     steps: int | None = None
@@ -48,15 +59,9 @@ class ChatRequest(_Request):
     reasoning: Literal["off", "short", "full"] | None = None
 
 
-class ImageRequestBody(_Request):
+class ImageRequestBody(ChatImageOptions):
     user_id: ClientId
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    steps: int | None = None
-    cfg: float | None = None
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
 
 
 class ResetRequest(_Request):

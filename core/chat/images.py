@@ -20,7 +20,7 @@ def resolve_params(params: ImageParams, engine: ImageEngine) -> ImageParams:
     """Check ``params`` against the engine's limits (BadParameter) and fill every
     default, the seed included: the queued job then reproduces the same picture even
     when it runs again after a restart."""
-    return ImageParams.from_request(params.to_request().resolve(engine.limits))
+    return params.resolve(engine.limits)
 
 
 def explicit_params(requested: ImageParams, message: str) -> ImageParams:
@@ -57,7 +57,7 @@ class ImageJobRunner:
     async def run(self, job: Job, sink: EventSink) -> dict[str, object]:
         params = ImageParams.from_dict(job.payload["image"])
         sink.emit("status", GENERATING_STATUS)
-        image_job = await self._engine.generate(params.to_request())
+        image_job = await self._engine.generate(params)
         try:
             async for progress in image_job:
                 sink.emit("image_progress", step=progress.step, total=progress.total)
@@ -65,7 +65,7 @@ class ImageJobRunner:
         finally:
             if not image_job.done:  # the job was cancelled: stop denoising
                 await image_job.cancel()
-        used = ImageParams.from_request(result.request).to_dict()
+        used = result.request.to_dict()
         record = await self._store.save_image(job.id, job.user.key, result.png, used)
         sink.emit("image_ready", image_id=record.id, params=used)
         return {"image_id": record.id, "params": used}

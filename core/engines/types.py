@@ -125,6 +125,14 @@ class ImageRequest:
     seed: int | None = None
     timeout_s: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters a user chose (no timeout): job payloads, picture metadata."""
+        return {name: getattr(self, name) for name in IMAGE_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ImageRequest":
+        return cls(**{name: data[name] for name in IMAGE_FIELDS if name in data})
+
     def resolve(self, limits: ImageLimits) -> "ImageRequest":
         """Fill defaults and check every field against ``limits`` (BadParameter names
         the field and the allowed range). The result has no ``None`` left but timeout."""
@@ -166,6 +174,10 @@ class ImageRequest:
         return replace(
             self, prompt=prompt, width=width, height=height, steps=steps, cfg=cfg, seed=seed
         )
+
+
+#: the fields of an ImageRequest that describe the picture (what users set and see)
+IMAGE_FIELDS = ("prompt", "negative_prompt", "width", "height", "steps", "cfg", "seed")
 
 
 @dataclass(frozen=True, slots=True)
