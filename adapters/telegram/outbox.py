@@ -1,0 +1,316 @@
+"""Every call that posts to Telegram, paced per chat, with Telegram's errors turned into
+what the callers act on.
+
+- Every call waits for its chat's turn in the pacer (first come, first served).
+- ``RetryAfter`` (429 after python-telegram-bot's rate limiter gave up retrying) holds
+  the chat in the pacer; a streamed state gets ``RetryLater`` (the renderer pushes its
+  newest state when the wait is over), a one-off reply waits and tries again.
+- ``400 message is not modified`` is success: the message already says that (a reply
+  continued after a restart re-sends what may already be there).
+- ``400 message to edit not found`` (someone deleted it) is ``MessageGone``: the reply
+  posts a new message instead.
+- ``403`` (the user blocked the bot, the bot was removed from the group) is ``ChatGone``:
+  nothing more is sent to that chat until a message arrives from it again, and the turn
+  counts as delivered so it is not retried after every restart.
+- A network error retries a few times (one-off) or becomes ``RetryLater`` (streamed).
+
+Nothing here logs message text: only chat ids, methods and Telegram's error text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from telegram import Bot as TelegramBot
+from telegram import InlineKeyboardMarkup, InputFile, Message, ReplyParameters
+from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram.warnings import PTBDeprecationWarning
+
+from ovbot.adapters.common import RetryLater
+from ovbot.adapters.telegram.pacing import ChatPacer
+
+log = logging.getLogger("ovbot.telegram")
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+#: one-off sends: how often a 429 or a network error is waited out before giving up
+_MAX_ATTEMPTS = 5
+_NETWORK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+class ChatGone(Exception):
+    """The chat takes no messages from the bot (blocked by the user, bot removed)."""
+
+    def __init__(self, chat_id: int, reason: str) -> None:
+        super().__init__(f"chat {chat_id}: {reason}")
+        self.chat_id = chat_id
+
+
+class MessageGone(Exception):
+    """The message to edit does not exist any more (deleted by someone)."""
+
+
+class DraftsRefused(Exception):
+    """The server does not stream drafts here (an older or self-hosted Bot API server,
+    or a chat that is not private)."""
+
+
+class NetworkRetry(RetryLater):
+    """A network error while pushing a streamed state (counted by the reply, which gives
+    up after a few in a row)."""
+
+
+class _NotModified(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a reply goes: the chat, its forum topic, and the message it answers."""
+
+    chat_id: int
+    thread_id: int | None = None
+    reply_to: int | None = None
+
+    @property
+    def private(self) -> bool:
+        """Private chats have positive ids, groups and channels negative ones."""
+        return self.chat_id > 0
+
+
+def retry_after_s(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+class Outbox:
+    def __init__(self, bot: TelegramBot, pacer: ChatPacer, *, sleep: Sleep = asyncio.sleep) -> None:
+        self._bot = bot
+        self._pacer = pacer
+        self._sleep = sleep
+        #: chats that refused the bot (403); a message from one opens it again
+        self._gone: set[int] = set()
+        self._posting: set[asyncio.Task[None]] = set()
+
+    def post(self, place: Place, text: str) -> None:
+        """Send a one-off reply (a command's answer, an error) in the background.
+
+        python-telegram-bot handles updates one at a time (so one chat's messages reach
+        the core in order); a reply that waits for its chat's turn, or for a "retry
+        after", must not hold up every other chat's updates meanwhile. Replies to one
+        chat still go out in order: they queue on the chat's turn in the pacer."""
+        task = asyncio.create_task(self._post(place, text), name=f"ovbot-telegram-reply-{place.chat_id}")
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def _post(self, place: Place, text: str) -> None:
+        try:
+            await self.send_text(place, text)
+        except ChatGone:
+            pass
+        except Exception as exc:
+            log.warning("chat %s: a reply could not be sent: %s", place.chat_id, type(exc).__name__)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) until the one-off replies are sent; drop the rest."""
+        if self._posting:
+            _, pending = await asyncio.wait(list(self._posting), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def reopen(self, chat_id: int) -> None:
+        """A message arrived from ``chat_id``: it takes messages again."""
+        self._gone.discard(chat_id)
+
+    def is_gone(self, chat_id: int) -> bool:
+        return chat_id in self._gone
+
+    # ------------------------------------------------------------------ calls
+    async def send_text(
+        self, place: Place, text: str, *, wait: bool = True, markup: InlineKeyboardMarkup | None = None
+    ) -> int:
+        """Post ``text`` (plain: no parse mode, so it always parses); its message id."""
+        message = await self._call(
+            "sendMessage",
+            place.chat_id,
+            lambda: self._bot.send_message(
+                place.chat_id,
+                text,
+                message_thread_id=place.thread_id,
+                reply_parameters=_reply(place),
+                reply_markup=markup,
+            ),
+            wait=wait,
+        )
+        return message.message_id
+
+    async def edit_text(self, place: Place, message_id: int, text: str, *, wait: bool = False) -> None:
+        try:
+            await self._call(
+                "editMessageText",
+                place.chat_id,
+                lambda: self._bot.edit_message_text(text, chat_id=place.chat_id, message_id=message_id),
+                wait=wait,
+            )
+        except _NotModified:
+            pass
+
+    async def draft(self, place: Place, draft_id: int, text: str, *, wait: bool = False) -> None:
+        """Show ``text`` as the chat's animated draft ("" shows Telegram's own
+        "Thinking…" placeholder). DraftsRefused when the server will not."""
+        try:
+            await self._call(
+                "sendMessageDraft",
+                place.chat_id,
+                lambda: self._bot.send_message_draft(
+                    place.chat_id, draft_id, text, message_thread_id=place.thread_id
+                ),
+                wait=wait,
+                draft=True,
+            )
+        except _NotModified:
+            pass
+
+    async def delete(self, place: Place, message_id: int) -> None:
+        """Delete one of the bot's messages; one that is gone already is fine."""
+        try:
+            await self._call(
+                "deleteMessage",
+                place.chat_id,
+                lambda: self._bot.delete_message(place.chat_id, message_id),
+                wait=True,
+                paced=False,
+            )
+        except (MessageGone, _NotModified):
+            pass
+        except BadRequest as exc:
+            log.info("chat %s: could not delete message %s: %s", place.chat_id, message_id, exc.message)
+
+    async def send_picture(
+        self,
+        place: Place,
+        png: bytes,
+        *,
+        filename: str,
+        caption: str,
+        markup: InlineKeyboardMarkup | None,
+        as_file: bool,
+        wait: bool = False,
+    ) -> int:
+        """The picture as a photo (Telegram recompresses it) or, ``as_file``, as a
+        document: the PNG byte for byte, its parameters in its text chunks."""
+        upload = InputFile(png, filename=filename)
+        if as_file:
+            send: Callable[[], Awaitable[Message]] = lambda: self._bot.send_document(  # noqa: E731
+                place.chat_id,
+                upload,
+                caption=caption,
+                reply_markup=markup,
+                message_thread_id=place.thread_id,
+                reply_parameters=_reply(place),
+                disable_content_type_detection=True,
+            )
+        else:
+            send = lambda: self._bot.send_photo(  # noqa: E731
+                place.chat_id,
+                upload,
+                caption=caption,
+                reply_markup=markup,
+                message_thread_id=place.thread_id,
+                reply_parameters=_reply(place),
+            )
+        message = await self._call("sendDocument" if as_file else "sendPhoto", place.chat_id, send, wait=wait)
+        return message.message_id
+
+    async def answer_callback(self, query_id: str, text: str | None = None, *, alert: bool = False) -> None:
+        """Stop the button's spinner (and show ``text``); failures only get logged: the
+        query may be too old, which costs the user nothing."""
+        try:
+            await self._bot.answer_callback_query(query_id, text=text, show_alert=alert)
+        except TelegramError as exc:
+            log.info("could not answer a button press: %s", type(exc).__name__)
+
+    # ------------------------------------------------------------------ the one error mapping
+    async def _call(
+        self,
+        method: str,
+        chat_id: int,
+        call: Callable[[], Awaitable[T]],
+        *,
+        wait: bool,
+        paced: bool = True,
+        draft: bool = False,
+    ) -> T:
+        attempt = 0
+        while True:
+            if chat_id in self._gone:
+                raise ChatGone(chat_id, "it refused the bot earlier")
+            attempt += 1
+            try:
+                if not paced:
+                    return await call()
+                # every call waits for its chat's turn, first come first served: several
+                # replies in one chat share it fairly (one refused instead would keep
+                # losing the race to a reply that streams steadily)
+                async with self._pacer.turn(chat_id):
+                    return await call()
+            except RetryAfter as exc:
+                seconds = retry_after_s(exc)
+                self._pacer.hold(chat_id, seconds)
+                log.info("chat %s: Telegram asked to wait %.0f s (%s)", chat_id, seconds, method)
+                if not wait:
+                    raise RetryLater(seconds) from None
+                if attempt >= _MAX_ATTEMPTS:
+                    raise
+            except ChatMigrated as exc:
+                # a group became a supergroup under a new id; new messages come from there
+                self._gone.add(chat_id)
+                raise ChatGone(chat_id, f"moved to chat {exc.new_chat_id}") from None
+            except Forbidden as exc:
+                if draft:
+                    raise DraftsRefused(exc.message) from None
+                self._gone.add(chat_id)
+                log.info("chat %s refuses the bot (%s): not sending there any more", chat_id, exc.message)
+                raise ChatGone(chat_id, exc.message) from None
+            except InvalidToken as exc:
+                if draft:  # older servers answer 404 for a method they do not have
+                    raise DraftsRefused(exc.message) from None
+                raise
+            except BadRequest as exc:
+                text = exc.message.lower()
+                if "not modified" in text:
+                    raise _NotModified() from None
+                if draft:
+                    raise DraftsRefused(exc.message) from None
+                if "message to edit not found" in text or "message can't be edited" in text or (
+                    "message to delete not found" in text
+                ):
+                    raise MessageGone(exc.message) from None
+                if "chat not found" in text or "kicked" in text or "not enough rights" in text:
+                    self._gone.add(chat_id)
+                    raise ChatGone(chat_id, exc.message) from None
+                raise
+            except NetworkError as exc:  # timeouts included (BadRequest is handled above)
+                delay = _NETWORK_BACKOFF_S[min(attempt, len(_NETWORK_BACKOFF_S)) - 1]
+                log.info("chat %s: %s failed (%s); retrying in %.0f s", chat_id, method, type(exc).__name__, delay)
+                if not wait:
+                    raise NetworkRetry(delay) from None
+                if attempt >= _MAX_ATTEMPTS:
+                    raise
+                await self._sleep(delay)
+
+
+def _reply(place: Place) -> ReplyParameters | None:
+    if place.reply_to is None:
+        return None
+    return ReplyParameters(message_id=place.reply_to, allow_sending_without_reply=True)
