@@ -1,6 +1,6 @@
 """ovbot benchmarks: one command, markdown tables, a results file.
 
-    python -m bench [--smoke] [--out bench/results/RESULTS.md] [--only llm,multiturn,variants,loop,image]
+    python -m bench [--smoke] [--out bench/results/RESULTS.md] [--only llm,multiturn,variants,loop,image,platform,reasoning]
 
 Builds the real-shape random models once into a cache outside git
 (``$OVBOT_BENCH_MODELS_DIR`` or ``~/.cache/ovbot/bench-models``; ``--models-dir``), then
@@ -28,8 +28,9 @@ from bench.mixed import ImageConfig, image_section, shared_cpu_section
 from bench.models import BenchModels, build_real_models, default_cache, recorded_build_times, tiny_bench_models
 from bench.overhead import overhead_section
 from bench.platform import PlatformConfig, platform_section, smoke_platform_config
+from bench.reasoning import ReasoningConfig, reasoning_section, smoke_reasoning_config
 
-SECTIONS = ("llm", "variants", "multiturn", "loop", "image", "platform")
+SECTIONS = ("llm", "variants", "multiturn", "loop", "image", "platform", "reasoning")
 #: sections that run only when named in --only
 EXTRA_SECTIONS = ("overhead",)
 BENCH_DIR = Path(__file__).resolve().parent
@@ -100,6 +101,8 @@ def prepare_models(args: argparse.Namespace, log) -> tuple[BenchModels, str]:
         parts.add("image")
     if "platform" in args.only:
         parts.add("llm")
+    if "reasoning" in args.only:
+        parts.add("llm-main")  # only the INT4 model: minutes, not three exports
     started = time.perf_counter()
     models = build_real_models(cache, parts, log)
     took = time.perf_counter() - started
@@ -184,6 +187,11 @@ async def run(args: argparse.Namespace, log=print) -> str:
         tiny = build_tiny_models(args.tiny_dir or tiny_models_root())  # cached after the first build
         platform_cfg = smoke_platform_config() if args.smoke else PlatformConfig()
         await timed("platform", platform_section(models, tiny.llm, tiny.image, platform_cfg, log))
+    if "reasoning" in args.only:
+        reasoning_cfg = smoke_reasoning_config() if args.smoke else ReasoningConfig(kv_cache_gb=llm_cfg.kv_cache_gb)
+        if args.repeats is not None:
+            reasoning_cfg = replace(reasoning_cfg, repeats=args.repeats)
+        await timed("reasoning", reasoning_section(models, reasoning_cfg, log))
 
     total = time.perf_counter() - started
     machine = machine_description()

@@ -79,7 +79,8 @@ async def test_bench_command_smoke(tiny_models, tmp_path) -> None:
     assert report.startswith("# ovbot benchmark results")
     assert "| OpenVINO |" in report and "| cores |" in report and "Date: " in report
     for title in ("### LLM table", "### Single stream", "### Model variant table", "### Multi-turn table",
-                  "### Chat TTFT while an image", "### Event-loop table", "### Image table", "### Platform table"):
+                  "### Chat TTFT while an image", "### Event-loop table", "### Image table", "### Platform table",
+                  "### Reasoning table"):
         assert title in report, title
     found = tables(report)
     assert len(found) >= 10
