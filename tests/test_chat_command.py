@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_serve import serve_env
+from tests.fixtures_serve import serve_env
 
 
 async def run_chat(tiny_models: Any, workdir: Path, *messages: str, **env: str) -> tuple[int, str]:

@@ -15,46 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.fixtures_serve import START_TIMEOUT_S, Server, ovbot_serve, serve_env
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, signals process groups")
 
-KEY = "crash-test-key-0123456789"
-SERVING = re.compile(r"serving on (http://127\.0\.0\.1:\d+)")
-START_TIMEOUT_S = 120.0
 TERMINAL = ("done", "failed", "cancelled")
-
-
-@dataclass
-class Served:
-    process: asyncio.subprocess.Process
-    url: str
-    data_dir: Path
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
-
-    def signal_group(self, signum: int) -> None:
-        os.killpg(self.process.pid, signum)  # the whole group, as systemd and Ctrl-C do
-
-    def jobs(self) -> dict[str, dict[str, Any]]:
-        return read_jobs(self.data_dir / "ovbot.db")
 
 
 def read_jobs(db: Path) -> dict[str, dict[str, Any]]:
@@ -65,69 +41,17 @@ def read_jobs(db: Path) -> dict[str, dict[str, Any]]:
     return {row["id"]: dict(row) for row in rows}
 
 
-def env_for(tiny_models: Any, data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("OVBOT_")}
-    env.update(
-        OVBOT_LLM_MODEL_DIR=str(tiny_models.llm),
-        OVBOT_IMAGE_MODEL_DIR=str(tiny_models.image),
-        OVBOT_IMAGE_SIZES="64x64",
-        OVBOT_IMAGE_DEFAULT_SIZE="64x64",
-        OVBOT_IMAGE_DEFAULT_STEPS="2",
-        OVBOT_IMAGE_MAX_STEPS="500",
-        OVBOT_MAX_NEW_TOKENS="32",
-        OVBOT_KV_CACHE_GB="1",
-        OVBOT_DATA_DIR=str(data_dir),
-        OVBOT_API_KEYS=KEY,
-    )
-    env.update(extra)
-    return env
+def jobs_of(served: Server) -> dict[str, dict[str, Any]]:
+    return read_jobs(served.data_dir / "ovbot.db")
 
 
 @contextlib.asynccontextmanager
-async def serve(tiny_models: Any, workdir: Path, *args: str, **env: str) -> AsyncIterator[Served]:
-    """``ovbot serve --port 0`` in a process group of its own, until it says where it serves."""
-    data_dir = workdir / "data"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ovbot.bots.cli", "serve", "--port", "0", *args,
-        cwd=workdir,
-        env=env_for(tiny_models, data_dir, **env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def read() -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            match = SERVING.search(line)
-            if match and not found.done():
-                found.set_result(match.group(1))
-        if not found.done():
-            found.set_exception(AssertionError("ovbot serve exited:\n" + "\n".join(lines[-30:])))
-
-    reader = asyncio.create_task(read())
-    try:
-        url = await asyncio.wait_for(asyncio.shield(found), START_TIMEOUT_S)
-        served = Served(process, url, data_dir, lines)
-        await wait_ready(served)
+async def serve(tiny_models: Any, workdir: Path, *args: str, **env: str) -> AsyncIterator[Server]:
+    """``ovbot serve`` in a process group of its own, ready."""
+    env = {"OVBOT_LOG_LEVEL": "INFO", **env}
+    async with ovbot_serve(tiny_models, workdir, *args, new_session=True, **env) as served:
+        await served.wait_ready()
         yield served
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
-        await process.wait()
-        await reader
-
-
-async def wait_ready(served: Served, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with served.client() as client:
-        while (await client.get("/ready")).status_code != 200:
-            assert time.monotonic() < deadline, "never ready:\n" + served.output[-3000:]
-            await asyncio.sleep(0.1)
 
 
 async def submit_image(client: httpx.AsyncClient, user: str, steps: int) -> str:
@@ -136,19 +60,19 @@ async def submit_image(client: httpx.AsyncClient, user: str, steps: int) -> str:
     return str(accepted.json()["job_id"])
 
 
-async def until_running(served: Served, job_id: str, timeout: float = 60.0) -> None:
+async def until_running(served: Server, job_id: str, timeout: float = 60.0) -> None:
     """Until the job runs (and had a moment to make progress in the engine)."""
     deadline = time.monotonic() + timeout
-    while served.jobs().get(job_id, {}).get("state") != "running":
-        assert time.monotonic() < deadline, served.jobs().get(job_id)
+    while jobs_of(served).get(job_id, {}).get("state") != "running":
+        assert time.monotonic() < deadline, jobs_of(served).get(job_id)
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
 
 
-async def until_ended(served_or_db: Served | Path, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+async def until_ended(served_or_db: Server | Path, ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
-        jobs = served_or_db.jobs() if isinstance(served_or_db, Served) else read_jobs(served_or_db)
+        jobs = jobs_of(served_or_db) if isinstance(served_or_db, Server) else read_jobs(served_or_db)
         if all(jobs.get(i, {}).get("state") in TERMINAL for i in ids):
             return jobs
         assert time.monotonic() < deadline, {i: jobs.get(i) for i in ids}
@@ -212,7 +136,7 @@ async def test_a_signal_to_the_process_group_never_fails_the_running_job(
         await until_running(served, job_id)
         served.signal_group(signum)
         assert await asyncio.wait_for(served.process.wait(), 60) == 0, served.output[-3000:]
-        jobs = served.jobs()
+        jobs = jobs_of(served)
 
     assert jobs[job_id]["state"] in ("queued", "done"), jobs[job_id]
     assert "Traceback" not in served.output and "KeyboardInterrupt" not in served.output, served.output[-3000:]
@@ -222,7 +146,7 @@ async def test_ctrl_c_in_ovbot_chat_prints_no_worker_traceback(tiny_models: Any,
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ovbot.bots.cli", "chat",
         cwd=tmp_path,
-        env=env_for(tiny_models, tmp_path / "data"),
+        env=serve_env(tiny_models, tmp_path / "data", OVBOT_LOG_LEVEL="INFO"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -273,7 +197,7 @@ async def test_after_kill_9_the_running_job_runs_first_without_waiting_for_its_l
             behind = await submit_image(client, "zoe", steps=2)  # queued after it, behind it
         served.signal_group(signal.SIGKILL)
         await served.process.wait()
-        jobs = served.jobs()
+        jobs = jobs_of(served)
     assert jobs[job_id]["state"] == "running" and jobs[behind]["state"] == "queued"
 
     restarted_at = time.monotonic()

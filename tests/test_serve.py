@@ -4,109 +4,19 @@ the tiny models, a port picked by the OS, and real signals to stop it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-KEY = "serve-test-key-0123456789"
-SERVING = re.compile(r"serving on (http://127\.0\.0\.1:\d+)")
-START_TIMEOUT_S = 120.0
-
-
-@dataclass
-class Server:
-    process: asyncio.subprocess.Process
-    url: str
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def client(self, key: str | None = KEY) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=60)
-
-    async def stop(self, signum: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        self.process.send_signal(signum)
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-
-def serve_env(tiny_models: Any, data_dir: Path) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("OVBOT_")}
-    env.update(
-        OVBOT_LLM_MODEL_DIR=str(tiny_models.llm),
-        OVBOT_IMAGE_MODEL_DIR=str(tiny_models.image),
-        OVBOT_IMAGE_SIZES="64x64",
-        OVBOT_IMAGE_DEFAULT_SIZE="64x64",
-        OVBOT_IMAGE_DEFAULT_STEPS="2",
-        OVBOT_IMAGE_MAX_STEPS="500",
-        OVBOT_MAX_NEW_TOKENS="64",
-        OVBOT_KV_CACHE_GB="1",
-        OVBOT_DATA_DIR=str(data_dir),
-        OVBOT_API_KEYS=KEY,
-        OVBOT_LOG_LEVEL="DEBUG",  # the most verbose logs must not leak the key either
-    )
-    return env
-
-
-@contextlib.asynccontextmanager
-async def ovbot_serve(tiny_models: Any, workdir: Path, *extra: str) -> AsyncIterator[Server]:
-    """``python -m ovbot.bots.cli serve --port 0`` until it logs where it serves."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ovbot.bots.cli", "serve", "--port", "0", *extra,
-        cwd=workdir,
-        env=serve_env(tiny_models, workdir / "data"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    lines: list[str] = []
-    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def read() -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            match = SERVING.search(line)
-            if match and not found.done():
-                found.set_result(match.group(1))
-        if not found.done():
-            found.set_exception(AssertionError("ovbot serve exited:\n" + "\n".join(lines[-30:])))
-
-    reader = asyncio.create_task(read())
-    try:
-        url = await asyncio.wait_for(asyncio.shield(found), START_TIMEOUT_S)
-        yield Server(process, url, lines)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await reader
-
-
-async def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + 30
-    async with server.client(None) as client:
-        while (await client.get("/ready")).status_code != 200:
-            assert time.monotonic() < deadline, "never ready"
-            await asyncio.sleep(0.1)
-
+from tests.fixtures_serve import KEY, ovbot_serve
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_serve_answers_then_exits_cleanly_on_signal(tiny_models: Any, tmp_path: Path, signum: int) -> None:
     async with ovbot_serve(tiny_models, tmp_path) as server:
-        await wait_ready(server)
+        await server.wait_ready()
         async with server.client() as client:
             reply = await client.post("/chat", json={"user_id": "zoe", "message": "hello"})
             assert reply.status_code == 200, reply.text
@@ -130,7 +40,7 @@ async def test_running_job_is_requeued_at_shutdown_and_finishes_after_restart(
     tiny_models: Any, tmp_path: Path
 ) -> None:
     async with ovbot_serve(tiny_models, tmp_path, "--grace", "0.5") as server:
-        await wait_ready(server)
+        await server.wait_ready()
         async with server.client() as client:
             accepted = await client.post("/images", json={"user_id": "yan", "prompt": "slow", "steps": 500})
             assert accepted.status_code == 202, accepted.text

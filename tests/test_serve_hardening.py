@@ -11,7 +11,6 @@ with the tiny models, API keys, DEBUG logging and small HTTP limits, real socket
 
 from __future__ import annotations
 
-import os
 import re
 import select
 import signal
@@ -29,7 +28,9 @@ from typing import Any
 import httpx
 import pytest
 
-KEY = "hardening-test-key-0123456789"
+from tests.fixtures_serve import KEY, serve_env
+
+
 SERVING = re.compile(rb"serving on (http://127\.0\.0\.1:(\d+))")
 START_TIMEOUT_S = 120.0
 HEADER_TIMEOUT_S = 1.0
@@ -60,24 +61,14 @@ class Served:
             time.sleep(0.05)
 
 
-def serve_env(tiny_models: Any, workdir: Path, **extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("OVBOT_")}
-    env.update(
-        OVBOT_LLM_MODEL_DIR=str(tiny_models.llm),
-        OVBOT_IMAGE_MODEL_DIR=str(tiny_models.image),
-        OVBOT_IMAGE_SIZES="64x64",
-        OVBOT_IMAGE_DEFAULT_SIZE="64x64",
-        OVBOT_IMAGE_DEFAULT_STEPS="2",
-        OVBOT_MAX_NEW_TOKENS="32",
-        OVBOT_KV_CACHE_GB="1",
-        OVBOT_DATA_DIR=str(workdir / "data"),
-        OVBOT_API_KEYS=KEY,
-        OVBOT_LOG_LEVEL="DEBUG",
+def hardened_env(tiny_models: Any, workdir: Path, **extra: str) -> dict[str, str]:
+    return serve_env(
+        tiny_models,
+        workdir / "data",
         OVBOT_HTTP_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         OVBOT_HTTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 def start_serve(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[bytes], list[bytes], threading.Thread]:
@@ -103,7 +94,7 @@ def start_serve(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen[by
 @pytest.fixture(scope="module")
 def served(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("serve-hardening")
-    process, raw, reader = start_serve(serve_env(tiny_models, workdir), workdir)
+    process, raw, reader = start_serve(hardened_env(tiny_models, workdir), workdir)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         match = None
@@ -279,7 +270,7 @@ def test_unavailable_device_stops_the_start_with_one_line(tiny_models: Any, tmp_
     available = openvino.Core().available_devices
     if any(device.startswith("GPU") for device in available):
         pytest.skip(f"this computer has a GPU ({available})")
-    env = serve_env(tiny_models, tmp_path, OVBOT_LLM_DEVICE="GPU", OVBOT_IMAGE_DEVCE="CPU")
+    env = hardened_env(tiny_models, tmp_path, OVBOT_LLM_DEVICE="GPU", OVBOT_IMAGE_DEVCE="CPU")
     process, raw, reader = start_serve(env, tmp_path)
     try:
         code = process.wait(120)
