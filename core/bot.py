@@ -15,7 +15,6 @@ every user it created. Admins see and cancel everything.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,11 +30,9 @@ from ovbot.core.turns import (
     REASONING_MODES,
     ChatSettings,
     ImageFile,
-    ImageReady,
     JobStatus,
     LimitUsage,
     ReasoningMode,
-    TurnDone,
     TurnEvent,
     UndeliveredTurn,
     UsageReport,
@@ -59,7 +56,8 @@ AdapterHealth = Callable[[], "Check"]
 class TurnOptions:
     """How one chat message should be answered. ``image`` asks for a picture with the
     reply (its prompt may stay empty: the model writes it); ``reasoning`` overrides
-    the chat's reasoning mode for this message only."""
+    the chat's reasoning mode for this message only. ``show_reasoning`` in a chat whose
+    mode is "off" reasons "short" for this message (there would be nothing to show)."""
 
     image: ImageParams | None = None
     show_reasoning: bool = False
@@ -110,6 +108,8 @@ class Bot:
         options = options or TurnOptions()
         await self._access.check(user, chat)
         mode = options.reasoning or await self._reasoning_mode(chat)
+        if options.show_reasoning and options.reasoning is None and mode == "off":
+            mode = "short"  # asking to see the reasoning asks for some: the least there is
         job = await self._app.service.submit_chat(
             user, chat, text, options.image, options.show_reasoning, mode
         )
@@ -145,25 +145,7 @@ class Bot:
         return TurnHandle(self, job, requester)
 
     def _follow(self, job_id: str) -> AsyncIterator[TurnEvent]:
-        return self._with_picture(follow_turn(job_id, self._app.queue.subscribe, self._app.stopped))
-
-    async def _with_picture(self, events: AsyncIterator[TurnEvent]) -> AsyncIterator[TurnEvent]:
-        """``events``, with the picture announced before the end even when only the end
-        is known: after a restart a finished job replays its result, not its progress,
-        so a turn that made a picture would end (``TurnDone.image_id``) without the
-        ``ImageReady`` an adapter posts the picture on."""
-        announced = False
-        async with contextlib.aclosing(events):  # type: ignore[type-var]
-            async for event in events:
-                if isinstance(event, ImageReady):
-                    announced = True
-                elif isinstance(event, TurnDone) and event.image_id and not announced:
-                    record = await self._app.store.get_image(event.image_id)
-                    if record is not None:
-                        picture_job = event.image_job_id or event.job_id
-                        yield ImageReady(picture_job, event.seq, image_id=record.id, params=dict(record.params))
-                        event = replace(event, seq=event.seq + 1)
-                yield event
+        return follow_turn(job_id, self._app.queue.subscribe, self._app.stopped)
 
     # ------------------------------------------------------------------ jobs
     async def status(self, job_id: str, requester: UserRef) -> JobStatus:

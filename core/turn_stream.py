@@ -102,6 +102,7 @@ async def follow_turn(job_id: str, subscribe: Subscribe, stop: asyncio.Event) ->
     reply: ReplyDone | None = None
     reasoning: str | None = None
     image_job_id: str | None = None
+    shown = False  # whether the picture was announced (a replayed end carries only the result)
     async for event in until_stopped(subscribe(job_id), stop):
         if event is None:
             yield number(TurnInterrupted(job_id, message=RESTART_NOTICE))
@@ -110,6 +111,8 @@ async def follow_turn(job_id: str, subscribe: Subscribe, stop: asyncio.Event) ->
             result = event.data
             if "text" not in result:  # a bare picture job: the turn is the picture
                 image_id = result.get("image_id")
+                if not shown and image_id is not None:
+                    yield number(_ready_from_result(job_id, result))
                 yield number(TurnDone(job_id, image_job_id=job_id, image_id=None if image_id is None else str(image_id)))
                 return
             reasoning = result.get("reasoning")
@@ -123,6 +126,7 @@ async def follow_turn(job_id: str, subscribe: Subscribe, stop: asyncio.Event) ->
             break
         translated = _translate(event, image=False)
         if translated is not None:
+            shown = shown or isinstance(translated, ImageReady)
             yield number(translated)
             if translated.terminal:
                 return
@@ -134,6 +138,8 @@ async def follow_turn(job_id: str, subscribe: Subscribe, stop: asyncio.Event) ->
             return
         if event.type == "done":
             image_id = event.data.get("image_id")
+            if not shown and image_id is not None:
+                yield number(_ready_from_result(image_job_id, event.data))
             yield number(
                 TurnDone(
                     job_id,
@@ -152,7 +158,15 @@ async def follow_turn(job_id: str, subscribe: Subscribe, stop: asyncio.Event) ->
             return
         translated = _translate(event, image=True)
         if translated is not None:
+            shown = shown or isinstance(translated, ImageReady)
             yield number(translated)
+
+
+def _ready_from_result(picture_job_id: str, result: dict[str, Any]) -> ImageReady:
+    """The picture announcement rebuilt from a finished picture job's stored result
+    (``image_id``, ``params``): after a restart, or once the live log is gone, the end
+    is all that replays, and adapters post the picture on ImageReady."""
+    return ImageReady(picture_job_id, image_id=str(result["image_id"]), params=dict(result.get("params") or {}))
 
 
 def _translate(event: ReplyEvent, *, image: bool) -> TurnEvent | None:

@@ -293,6 +293,12 @@ async def test_reasoning_modes(bot: Bot, app: App) -> None:
     done = loud_events[-1]
     assert isinstance(done, TurnDone) and done.reasoning is not None
     assert 0 < len(done.reasoning) <= app.settings.reasoning_full_chars + 40
+    # asking to see the reasoning in an "off" chat reasons a little for that message
+    await bot.set_reasoning(ALICE, chat, "off")
+    shown = await bot.submit_turn(ALICE, chat, "show me", TurnOptions(show_reasoning=True))
+    await collect(shown)
+    stored = await app.store.get_job(shown.job_id)
+    assert stored is not None and stored.payload["reasoning"] == "short"
     with pytest.raises(InvalidInput):
         await bot.set_reasoning(ALICE, chat, "sometimes")
     assert await bot.set_reasoning(ALICE, chat, None) == app.settings.reasoning_mode

@@ -10,7 +10,16 @@ import pytest
 from ovbot.core.domain import ReplyEvent
 from ovbot.core.jobs.queue import RETRY_NOTICE
 from ovbot.core.turn_stream import follow_turn
-from ovbot.core.turns import Queued, ReplyDone, Retrying, Started, TextDelta, TurnDone, TurnInterrupted
+from ovbot.core.turns import (
+    ImageReady,
+    Queued,
+    ReplyDone,
+    Retrying,
+    Started,
+    TextDelta,
+    TurnDone,
+    TurnInterrupted,
+)
 
 
 def scripted(logs: dict[str, list[ReplyEvent]]) -> Callable[[str], AsyncIterator[ReplyEvent]]:
@@ -60,3 +69,32 @@ async def test_a_stopping_bot_interrupts_the_stream() -> None:
     assert isinstance(last, TurnInterrupted) and last.message
     with pytest.raises(StopAsyncIteration):
         await stream.__anext__()
+
+
+@pytest.mark.asyncio
+async def test_a_replayed_end_still_announces_the_picture() -> None:
+    """After a restart only the jobs' ends replay: the picture is announced from the
+    stored result before the turn ends, once."""
+    picture = {"image_id": "img1", "params": {"prompt": "a boat", "seed": 3}}
+    logs = {
+        "c": [ReplyEvent("c", "done", data={"text": "Here.", "image_job_id": "p"}, seq=1)],
+        "p": [ReplyEvent("p", "done", data=picture, seq=1)],
+        "bare": [ReplyEvent("bare", "done", data=picture, seq=1)],
+    }
+    turn = await collect(follow_turn("c", scripted(logs), asyncio.Event()))
+    assert [type(e) for e in turn] == [ReplyDone, ImageReady, TurnDone]
+    ready = turn[1]
+    assert isinstance(ready, ImageReady) and ready.job_id == "p" and ready.image_id == "img1"
+    assert ready.params["seed"] == 3
+    bare = await collect(follow_turn("bare", scripted(logs), asyncio.Event()))
+    assert [type(e) for e in bare] == [ImageReady, TurnDone]
+
+    live = {
+        "p": [
+            ReplyEvent("p", "image_ready", data=picture, seq=1),
+            ReplyEvent("p", "done", data=picture, seq=2),
+        ],
+        "c": logs["c"],
+    }
+    once = await collect(follow_turn("c", scripted(live), asyncio.Event()))
+    assert [type(e) for e in once].count(ImageReady) == 1
