@@ -112,7 +112,11 @@ async def make_harness(engines: LocalEngines, tmp_path: Path) -> AsyncIterator[H
     ) -> Harness:
         index = len(built)
         values = dict(
-            max_message_chars=200, max_persona_chars=50, history_turns=4, history_token_budget=10_000
+            max_message_chars=200,
+            max_persona_chars=50,
+            history_turns=4,
+            history_token_budget=10_000,
+            reasoning_mode="full",  # the model reasons up to the answers' bound, as these tests expect
         )
         values.update(settings_overrides)
         settings = Settings(**values)
@@ -436,3 +440,12 @@ async def test_image_limit_in_a_chat_turn_is_a_note_not_a_failure(make_harness: 
     assert text_of(events) == job.result["text"]  # type: ignore[index]
     assert len(await turns_of(harness, job.conversation_id)) == 2
     await harness.events(first)
+
+
+def test_reasoning_budget_of_each_mode() -> None:
+    bounded = AnswerSettings(max_reasoning_chars=60, short_reasoning_chars=400)
+    assert [bounded.reasoning_budget(m) for m in ("off", "short", "full")] == [0, 60, 60]
+    unbounded = AnswerSettings(max_reasoning_chars=None, short_reasoning_chars=400)
+    assert [unbounded.reasoning_budget(m) for m in ("off", "short", "full")] == [0, 400, None]
+    configured = AnswerSettings.from_settings(Settings(_env_file=None, reasoning_short_chars=50, reasoning_full_chars=900))
+    assert [configured.reasoning_budget(m) for m in ("off", "short", "full")] == [0, 50, 900]

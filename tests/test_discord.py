@@ -55,6 +55,7 @@ def discord_settings(tiny_models: Any, data_dir: Path, fake: FakeDiscord, **over
         discord_api_base=fake.api_base,
         discord_gateway_url=fake.gateway_url,
         discord_guild_ids=[GUILD],
+        reasoning_mode="short",  # a "thinking" state to stream
     )
     values.update(overrides)
     return bot_settings(tiny_models, data_dir, **values)

@@ -16,7 +16,9 @@ from ovbot.core.engines.base import LLMEngine
 from ovbot.core.engines.streams import LLMStream
 from ovbot.core.engines.types import ChatMessage, GenerationOptions
 from ovbot.core.errors import InvalidStructuredOutput
+from ovbot.core.config import Settings
 from ovbot.core.jobs.base import EventSink
+from ovbot.core.turns import ReasoningMode
 
 log = logging.getLogger("ovbot.chat")
 
@@ -42,10 +44,29 @@ class AnswerSettings:
     image_prompt_max_chars: int | None = 250
     #: bounds above this stay out of the grammar and are enforced while reading
     grammar_max_length: int = GRAMMAR_MAX_LENGTH
+    #: the reasoning bound of the "full" mode; "short" is ``short_reasoning_chars`` (never
+    #: above it), "off" is 0: the model answers at once
     max_reasoning_chars: int | None = 1500
+    short_reasoning_chars: int = 400
     max_new_tokens: int | None = None
     temperature: float = 0.6
     seed: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnswerSettings:
+        return cls(
+            max_reasoning_chars=settings.reasoning_full_chars,
+            short_reasoning_chars=settings.reasoning_short_chars,
+        )
+
+    def reasoning_budget(self, mode: ReasoningMode) -> int | None:
+        """Characters of reasoning ``mode`` allows (None: unbounded)."""
+        if mode == "off":
+            return 0
+        if mode == "short":
+            full = self.max_reasoning_chars
+            return self.short_reasoning_chars if full is None else min(self.short_reasoning_chars, full)
+        return self.max_reasoning_chars
 
     def options(self, max_reasoning_chars: int | None | Literal["default"] = "default") -> GenerationOptions:
         """``max_reasoning_chars``: this answer's reasoning bound (0: answer at once,

@@ -93,14 +93,8 @@ class ChatService:
         self._limits = limits
         self._prompts = prompts
         self._settings = settings
-        self._answers = AnswerGenerator(engines.llm, answers or AnswerSettings())
+        self._answers = AnswerGenerator(engines.llm, answers or AnswerSettings.from_settings(settings))
         self._images = ImageJobRunner(engines.image, store)
-        #: reasoning bound of each mode (0: the model answers at once)
-        self._reasoning_chars: dict[ReasoningMode, int] = {
-            "off": 0,
-            "short": settings.reasoning_short_chars,
-            "full": settings.reasoning_full_chars,
-        }
 
     async def warm_up(self) -> None:
         """Prepare the engines for the first user (compile the answer grammar)."""
@@ -202,7 +196,7 @@ class ChatService:
     async def run_chat_job(self, job: Job, sink: EventSink) -> JobOutcome:
         request = ChatRequest.from_payload(job.payload)
         messages = await self.prompt_for(job, request.message)
-        budget = self._reasoning_chars[request.reasoning]
+        budget = self._answers.settings.reasoning_budget(request.reasoning)
         answer = await self._answers.generate(messages, sink, request.show_reasoning, budget)
         result: dict[str, Any] = {"text": answer.text}
         if request.show_reasoning:
