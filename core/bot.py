@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,11 @@ log = logging.getLogger("ovbot.bot")
 
 #: finished replies older than this are not re-posted after a restart (stale by then)
 DELIVERY_HORIZON_S = 24 * 3600.0
+#: handled platform updates are kept this long (Telegram re-sends an unconfirmed update
+#: for up to 24 h; a handled row is what makes such a duplicate a no-op)
+UPDATE_HORIZON_S = 24 * 3600.0
+#: how often remembering updates also prunes the handled ones
+UPDATE_PRUNE_EVERY_S = 3600.0
 NO_SUCH_JOB = "There is no such request (or it is not yours)."
 NO_SUCH_IMAGE = "There is no such picture (or it is not yours)."
 IMAGE_NOT_READY = "The picture is not ready yet."
@@ -99,6 +104,7 @@ class Bot:
         self._adapters: dict[str, AdapterHealth] = {}
         #: jobs whose delivery someone in this process already took on
         self._claimed: set[str] = set()
+        self._updates_pruned_at = 0.0
 
     # ------------------------------------------------------------------ turns
     async def submit_turn(
@@ -304,6 +310,30 @@ class Bot:
             self._claimed.add(job.id)
             claimed.append(UndeliveredTurn(job.id, job.kind, job.state, job.user, job.chat, dict(job.delivery)))
         return claimed
+
+    # ------------------------------------------------------------------ platform updates
+    async def remember_updates(self, platform: str, items: Sequence[tuple[int, str]]) -> set[int]:
+        """Make fetched platform updates durable (``(update_id, payload JSON)`` each)
+        before the platform may consider them delivered; returns the ids seen for the
+        first time. Any other id was stored before: handled already, or waiting for the
+        replay at start, so the caller drops it (a duplicate is never processed twice)."""
+        now = time.time()
+        # prune first: after a week without updates Telegram may restart its ids at
+        # random, and a stale handled row must not turn a new update into a "duplicate"
+        if now - self._updates_pruned_at >= UPDATE_PRUNE_EVERY_S:
+            self._updates_pruned_at = now
+            await self._app.store.prune_updates(now - UPDATE_HORIZON_S)
+        return set(await self._app.store.remember_updates(platform, items, now))
+
+    async def unhandled_updates(self, platform: str) -> list[tuple[int, str]]:
+        """Updates remembered but never marked handled (a crash came between), oldest
+        first: replay each once at start, then ``update_handled``."""
+        return await self._app.store.unhandled_updates(platform)
+
+    async def update_handled(self, platform: str, update_id: int) -> None:
+        """The update's handler finished (its job is queued durably, or its reply is
+        on its way): it is never replayed."""
+        await self._app.store.mark_update_handled(platform, update_id, time.time())
 
     # ------------------------------------------------------------------ health
     def register_adapter(self, name: str, health: AdapterHealth) -> None:

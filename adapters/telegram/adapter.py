@@ -2,7 +2,8 @@
 lifecycle, translating Telegram into calls of the core facade.
 
 ``start()`` follows the Application's own order (``initialize`` -> ``start`` -> the
-updater's ``start_polling``, or the webhook server and ``setWebhook``), registers the
+replay of updates a crash left unhandled (``inbox``) -> the updater's
+``start_polling``, or the webhook server and ``setWebhook``), registers the
 commands with ``setMyCommands``, and then continues the replies a restart left
 undelivered; ``stop()`` goes in reverse and gives replies in flight a grace period
 (those that do not finish are continued after the next start). ``run_polling`` is never
@@ -30,6 +31,7 @@ from ovbot.adapters.telegram.config import PLATFORM, TelegramConfig
 from ovbot.adapters.telegram.delivery import Deliveries
 from ovbot.adapters.telegram.errors import TelegramUnavailable, where
 from ovbot.adapters.telegram.handlers import ALLOWED_UPDATES, Handlers
+from ovbot.adapters.telegram.inbox import Inbox
 from ovbot.adapters.telegram.outbox import Outbox
 from ovbot.adapters.telegram.pacing import ChatPacer
 from ovbot.adapters.telegram.webhook import WebhookServer
@@ -57,7 +59,8 @@ class TelegramAdapter(AdapterBase):
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._config = config
-        self.application: TelegramApp = build_application(config)
+        self.inbox = Inbox(bot, config.token.split(":", 1)[0])
+        self.application: TelegramApp = build_application(config, self.inbox)
         self.pacer = ChatPacer(
             interval_s=config.chat_interval_s, group_per_minute=config.group_per_minute, clock=clock, sleep=sleep
         )
@@ -89,6 +92,7 @@ class TelegramAdapter(AdapterBase):
                 [BotCommand(spec.name, spec.description) for spec in COMMANDS if not spec.admin]
             )
             await application.start()
+            await self.inbox.replay(application)  # before any new update: oldest first
             if self._config.mode == "webhook":
                 await self._start_webhook()
             else:
@@ -114,6 +118,7 @@ class TelegramAdapter(AdapterBase):
         assert config.webhook_url is not None and config.webhook_secret is not None
         self._webhook = WebhookServer(
             self.application,
+            self.inbox,
             host=config.webhook_host,
             port=config.webhook_port,
             path=config.webhook_path,

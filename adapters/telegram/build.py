@@ -9,6 +9,9 @@
 - Link previews are off: the model's text may name URLs, and a preview makes Telegram
   fetch whatever the model invented.
 - Webhook mode has no ``Updater``: ovbot's webhook server feeds the update queue.
+- The bot and the Application are ``inbox``'s subclasses: fetched updates are stored
+  before they can be confirmed, and marked handled after their handlers ran. The bot is
+  built here rather than by the builder, which has no hook for a bot class of its own.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any, TypeAlias
 
 from telegram import LinkPreviewOptions
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, Defaults, ExtBot
+from telegram.request import HTTPXRequest
 
 from ovbot.adapters.telegram.config import TelegramConfig
+from ovbot.adapters.telegram.inbox import Inbox, InboxApplication, InboxBot
 
 #: python-telegram-bot's default application (its context data are plain dicts)
 TelegramApp: TypeAlias = Application[
@@ -29,19 +34,20 @@ TelegramApp: TypeAlias = Application[
 _CONNECTIONS = 32
 
 
-def build_application(config: TelegramConfig) -> TelegramApp:
-    builder = (
-        ApplicationBuilder()
-        .token(config.token)
-        .base_url(config.base_url)
-        .base_file_url(config.base_file_url)
-        .rate_limiter(AIORateLimiter(max_retries=config.rate_limit_retries))
-        .defaults(Defaults(link_preview_options=LinkPreviewOptions(is_disabled=True)))
-        .connection_pool_size(_CONNECTIONS)
-        .pool_timeout(10.0)
-        .job_queue(None)
+def build_application(config: TelegramConfig, inbox: Inbox) -> TelegramApp:
+    bot = InboxBot(
+        inbox=inbox,
+        token=config.token,
+        base_url=config.base_url,
+        base_file_url=config.base_file_url,
+        rate_limiter=AIORateLimiter(max_retries=config.rate_limit_retries),
+        defaults=Defaults(link_preview_options=LinkPreviewOptions(is_disabled=True)),
+        request=HTTPXRequest(connection_pool_size=_CONNECTIONS, pool_timeout=10.0),
+        get_updates_request=HTTPXRequest(connection_pool_size=1),
     )
+    builder = ApplicationBuilder().bot(bot).application_class(InboxApplication).job_queue(None)
     if config.mode == "webhook":
         builder = builder.updater(None)
     application: TelegramApp = builder.build()
+    application.inbox = inbox  # type: ignore[attr-defined]
     return application

@@ -5,8 +5,10 @@ Starlette (the HTTP API), so this is the "custom webhook" setup its docs describ
 server checks the secret token on every request (``X-Telegram-Bot-Api-Secret-Token``,
 compared in constant time), bounds the body, and puts the update on the
 ``Application``'s update queue, which ``Application.start()`` processes exactly like
-polled updates. It listens on ``OVBOT_TELEGRAM_WEBHOOK_HOST:PORT``, behind the reverse
-proxy that owns the public https URL, and serves that URL's path.
+polled updates. The update is stored (``Inbox.accept``) before the 200 that makes
+Telegram forget it (a 500 if it cannot be: Telegram sends it again); a duplicate is
+answered 200 and dropped. It listens on ``OVBOT_TELEGRAM_WEBHOOK_HOST:PORT``, behind the
+reverse proxy that owns the public https URL, and serves that URL's path.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starlette.routing import Route
 from telegram import Update
 
 from ovbot.adapters.telegram.build import TelegramApp
+from ovbot.adapters.telegram.inbox import Inbox
 
 log = logging.getLogger("ovbot.telegram")
 
@@ -36,8 +39,11 @@ MAX_BODY = 1 << 20
 
 
 class WebhookServer:
-    def __init__(self, application: TelegramApp, *, host: str, port: int, path: str, secret: str) -> None:
+    def __init__(
+        self, application: TelegramApp, inbox: Inbox, *, host: str, port: int, path: str, secret: str
+    ) -> None:
         self._application = application
+        self._inbox = inbox
         self._secret = secret.encode()
         self._host = host
         self._port = port
@@ -107,7 +113,13 @@ class WebhookServer:
             update = Update.de_json(json.loads(body), self._application.bot)
         except (ValueError, TypeError, KeyError):
             return Response(status_code=400)
-        await self._application.update_queue.put(update)
+        try:  # durable before the 200 that makes Telegram forget it
+            fresh = await self._inbox.accept([update])
+        except Exception as exc:
+            log.error("webhook: an update could not be stored (%s); Telegram will send it again", type(exc).__name__)
+            return Response(status_code=500)
+        for accepted in fresh:  # none: a duplicate, handled or waiting for the replay
+            await self._application.update_queue.put(accepted)
         return Response(status_code=200)
 
 

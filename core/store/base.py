@@ -126,6 +126,19 @@ class Store(Protocol):
         """Jobs of chats on ``platform`` created since ``since``, not marked delivered
         and not cancelled, oldest first."""
 
+    # ---------------------------------------------------------------- platform updates
+    async def remember_updates(self, platform: str, items: Sequence[tuple[int, str]], at: float) -> list[int]:
+        """Store each ``(update_id, payload JSON)`` not stored yet, in one transaction,
+        committed on return; the ids that were new (the others are duplicates)."""
+
+    async def unhandled_updates(self, platform: str) -> list[tuple[int, str]]:
+        """Stored updates not marked handled, as ``(update_id, payload)``, in id order."""
+
+    async def mark_update_handled(self, platform: str, update_id: int, at: float) -> None: ...
+
+    async def prune_updates(self, before: float) -> int:
+        """Delete updates handled before ``before``; how many."""
+
     # ---------------------------------------------------------------- images
     async def save_image(self, job_id: str | None, user_key: str, png: bytes, params: dict) -> ImageRecord:
         """PNG file on disk under the data dir + a metadata row."""

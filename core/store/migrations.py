@@ -145,7 +145,27 @@ ALTER TABLE jobs ADD COLUMN delivered_at REAL;
 CREATE INDEX jobs_undelivered ON jobs(chat_platform, delivered_at, created_at);
 """
 
-MIGRATIONS: tuple[Migration, ...] = ((1, _V1_INITIAL), (2, _V2_ADAPTER_API))
+# Platform updates an adapter accepted, kept until handled: Telegram counts an update
+# as delivered once the next getUpdates asks past it, which happens before its handler
+# ran; a row here lets the next start replay what a crash interrupted, and a handled
+# row makes a second delivery of the same update a no-op.
+_V3_PLATFORM_UPDATES = """
+CREATE TABLE platform_updates (
+    platform TEXT NOT NULL,
+    update_id INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    handled_at REAL,
+    PRIMARY KEY (platform, update_id)
+);
+CREATE INDEX platform_updates_handled ON platform_updates(platform, handled_at);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (1, _V1_INITIAL),
+    (2, _V2_ADAPTER_API),
+    (3, _V3_PLATFORM_UPDATES),
+)
 
 
 class SchemaVersionError(OvbotError):

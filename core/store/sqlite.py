@@ -400,6 +400,42 @@ class SQLiteStore:
         )
         return [_row_to_job(row) for row in rows]
 
+    # ------------------------------------------------------------------ platform updates
+    async def remember_updates(self, platform: str, items: Sequence[tuple[int, str]], at: float) -> list[int]:
+        fresh: list[int] = []
+        if not items:
+            return fresh
+        async with self._transaction() as conn:
+            for update_id, payload in items:
+                inserted = await _run(
+                    conn,
+                    "INSERT OR IGNORE INTO platform_updates (platform, update_id, payload, received_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (platform, int(update_id), payload, at),
+                )
+                if inserted:
+                    fresh.append(int(update_id))
+        return fresh
+
+    async def unhandled_updates(self, platform: str) -> list[tuple[int, str]]:
+        rows = await self._read_all(
+            "SELECT update_id, payload FROM platform_updates "
+            "WHERE platform = ? AND handled_at IS NULL ORDER BY update_id",
+            (platform,),
+        )
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    async def mark_update_handled(self, platform: str, update_id: int, at: float) -> None:
+        await self._write(
+            "UPDATE platform_updates SET handled_at = ? WHERE platform = ? AND update_id = ? AND handled_at IS NULL",
+            (at, platform, int(update_id)),
+        )
+
+    async def prune_updates(self, before: float) -> int:
+        return await self._write(
+            "DELETE FROM platform_updates WHERE handled_at IS NOT NULL AND handled_at < ?", (before,)
+        )
+
     # ------------------------------------------------------------------ images
     async def save_image(self, job_id: str | None, user_key: str, png: bytes, params: dict) -> ImageRecord:
         image_id = new_id()

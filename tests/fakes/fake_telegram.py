@@ -110,6 +110,11 @@ class Failure:
     times: int
 
 
+#: how many update ids each fake server has to itself (see ``FakeTelegram.__init__``)
+UPDATE_ID_BLOCK = 1_000_000
+_FAKES = itertools.count(1)
+
+
 class FakeTelegram:
     def __init__(
         self,
@@ -145,10 +150,15 @@ class FakeTelegram:
         self.not_modified = 0
         self.confirmed_offset = 0
         self._updates: list[JSON] = []
-        self._update_ids = itertools.count(1)
+        # update ids are the bot's and never repeat; every fake here is the same bot
+        # (one token), later in time, so each continues from a block of its own:
+        # ovbot's update log would rightly drop a reused id as a duplicate
+        self._update_ids = itertools.count(next(_FAKES) * UPDATE_ID_BLOCK + 1)
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._callback_ids = itertools.count(1)
         self._failures: list[Failure] = []
+        #: methods whose calls wait (unanswered) until ``release``
+        self._held: dict[str, asyncio.Event] = {}
         self._blocked: set[int] = set()
         self._last_message_call: dict[int, float] = {}
         self._group_calls: dict[int, deque[float]] = {}
@@ -176,6 +186,8 @@ class FakeTelegram:
     async def stop(self) -> None:
         self._closing = True
         self._new_update.set()  # long polls still waiting return now
+        for gate in self._held.values():
+            gate.set()
         for task in list(self._pushes):
             task.cancel()
         if self._session is not None:
@@ -294,6 +306,16 @@ class FakeTelegram:
         description = f"Too Many Requests: retry after {retry_after}"
         self.fail(method, 429, description, retry_after=retry_after, chat_id=chat_id, times=times)
 
+    def hold(self, method: str) -> None:
+        """Calls of ``method`` get no answer until ``release(method)``: the client's
+        handler that made the call stays blocked (e.g. to crash ovbot inside it)."""
+        self._held.setdefault(method, asyncio.Event())
+
+    def release(self, method: str) -> None:
+        gate = self._held.pop(method, None)
+        if gate is not None:
+            gate.set()
+
     def clear_failures(self) -> None:
         self._failures.clear()
 
@@ -376,6 +398,9 @@ class FakeTelegram:
             raise _ApiError(failure.code, failure.description, parameters)
         if method in MESSAGE_METHODS and call.chat_id in self._blocked:
             raise _ApiError(403, "Forbidden: bot was blocked by the user")
+        gate = self._held.get(method)
+        if gate is not None:
+            await gate.wait()
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             self.violations.append(f"unknown method {method}")
