@@ -7,18 +7,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from ovbot.bots.logging_setup import SafeFormatter
+from ovbot.bots.logging_setup import QUIET_LOGGERS, SafeFormatter
 from tests.fixtures_models import tiny_models  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
 def ovbot_logging_is_undone() -> Iterator[None]:
-    """A test that runs the CLI in-process installs ovbot's stderr handler on the root
-    logger; left there it would write to a closed capture stream in later tests."""
+    """A test that configures ovbot's logging in-process (the CLI, the adapters' log
+    tests) installs its stderr handler on the root logger and pins chatty libraries'
+    levels; left so, later tests would write to a closed capture stream or lose records."""
     root = logging.getLogger()
     level = root.level
+    pinned = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     yield
     for handler in root.handlers[:]:
         if isinstance(handler.formatter, SafeFormatter):
             root.removeHandler(handler)
     root.setLevel(level)
+    for name, pinned_level in pinned.items():
+        logging.getLogger(name).setLevel(pinned_level)

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from ovbot.adapters.discord import build_discord_adapter
-from ovbot.bots.logging_setup import QUIET_LOGGERS, configure_logging
+from ovbot.bots.logging_setup import configure_logging
 from ovbot.bots.serve import configured_adapters, serve
 from ovbot.core.access import NOT_ALLOWED_CHAT, NOT_ALLOWED_USER
 from ovbot.core.domain import ChatRef, UserRef
@@ -43,17 +42,6 @@ BOB = FakeUser(9202, "bob")
 DRAWING_STEPS = 120
 #: what a restart does on the REST API when it has nothing to deliver
 START_ROUTES = {"get_me", "app_info", "sync_guild"}
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    yield
-    root.handlers[:], root.level = saved[0], saved[1]
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 async def test_a_reply_finished_while_down_is_delivered_exactly_once(tiny_models: Any, tmp_path: Path) -> None:
@@ -135,7 +123,7 @@ async def test_a_streaming_reply_is_completed_after_a_restart_and_its_buttons_st
 
 
 async def test_the_token_never_appears_in_the_logs_at_debug(
-    tiny_models: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None
+    tiny_models: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with FakeDiscord(guilds={GUILD: [CHANNEL]}) as fake:
         settings = discord_settings(tiny_models, tmp_path, fake)

@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 
-from ovbot.bots.logging_setup import CONTINUATION, QUIET_LOGGERS, configure_logging, escape_controls
+from ovbot.bots.logging_setup import CONTINUATION, configure_logging, escape_controls
 
 RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    yield
-    root.handlers[:], root.level = saved[0], saved[1]
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 def test_control_characters_are_escaped_visibly() -> None:
