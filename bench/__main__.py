@@ -1,6 +1,7 @@
 """ovbot benchmarks: one command, markdown tables, a results file.
 
-    python -m bench [--smoke] [--out bench/results/RESULTS.md] [--only llm,multiturn,variants,loop,image,platform,reasoning]
+    python -m bench [--smoke] [--out bench/results/RESULTS.md] [--only llm,multiturn,variants,loop,image,platform,discord,reasoning]
+    python -m bench --only load    # 200 sessions on HTTP, Telegram and Discord; updates its section of bench/LATEST.md
 
 Builds the real-shape random models once into a cache outside git
 (``$OVBOT_BENCH_MODELS_DIR`` or ``~/.cache/ovbot/bench-models``; ``--models-dir``), then
@@ -22,17 +23,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import NoiseMeter, Target, fmt, machine_description, table, verdict
+from bench.common import NoiseMeter, Target, machine_description, table, verdict
+from bench.discord_ack import AckConfig, discord_ack_section, smoke_ack_config
 from bench.llm import LLMConfig, llm_section, multiturn_section, variants_section
 from bench.mixed import ImageConfig, image_section, shared_cpu_section
+from bench.load import TITLE as LOAD_TITLE
+from bench.load import LoadConfig, load_section, smoke_load_config
 from bench.models import BenchModels, build_real_models, default_cache, recorded_build_times, tiny_bench_models
 from bench.overhead import overhead_section
 from bench.platform import PlatformConfig, platform_section, smoke_platform_config
 from bench.reasoning import ReasoningConfig, reasoning_section, smoke_reasoning_config
 
-SECTIONS = ("llm", "variants", "multiturn", "loop", "image", "platform", "reasoning")
+SECTIONS = ("llm", "variants", "multiturn", "loop", "image", "platform", "discord", "reasoning")
 #: sections that run only when named in --only
-EXTRA_SECTIONS = ("overhead",)
+EXTRA_SECTIONS = ("overhead", "load")
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results" / "RESULTS.md"
 LATEST = BENCH_DIR / "LATEST.md"
@@ -187,6 +191,17 @@ async def run(args: argparse.Namespace, log=print) -> str:
         tiny = build_tiny_models(args.tiny_dir or tiny_models_root())  # cached after the first build
         platform_cfg = smoke_platform_config() if args.smoke else PlatformConfig()
         await timed("platform", platform_section(models, tiny.llm, tiny.image, platform_cfg, log))
+    if "discord" in args.only:
+        from ovbot.models.tiny import build_tiny_models
+
+        tiny = build_tiny_models(args.tiny_dir or tiny_models_root())  # the bursts run on the tiny models
+        ack_cfg = smoke_ack_config() if args.smoke else AckConfig()
+        await timed("discord", discord_ack_section(tiny.llm, tiny.image, ack_cfg, log))
+    if "load" in args.only:
+        from ovbot.models.tiny import build_tiny_models
+
+        tiny = build_tiny_models(args.tiny_dir or tiny_models_root())  # the load runs on the tiny models
+        await timed("load", load_section(tiny, smoke_load_config() if args.smoke else LoadConfig(), log))
     if "reasoning" in args.only:
         reasoning_cfg = smoke_reasoning_config() if args.smoke else ReasoningConfig(kv_cache_gb=llm_cfg.kv_cache_gb)
         if args.repeats is not None:
@@ -234,8 +249,50 @@ def main(argv: list[str] | None = None) -> None:
     if latest is None and not args.no_latest and not args.smoke and set(args.only) == set(SECTIONS):
         latest = LATEST
     if latest is not None:
+        kept = section_of(latest.read_text(encoding="utf-8"), LOAD_TITLE) if latest.exists() else None
         latest.write_text(report + "\n", encoding="utf-8")
+        if kept is not None and "load" not in args.only:  # the load section has runs of its own
+            update_section(latest, kept, LOAD_TITLE)
         log(f"wrote {latest}")
+    elif not args.no_latest and not args.smoke and "load" in args.only:
+        update_section(LATEST, report, LOAD_TITLE)
+        log(f"updated the load section of {LATEST}")
+
+
+def section_of(report: str, title: str) -> str | None:
+    """The section that starts with the heading ``title``, up to the next heading of
+    its level or above (None when the report has none)."""
+    lines = report.splitlines()
+    if title not in lines:
+        return None
+    start = lines.index(title)
+    level = len(title) - len(title.lstrip("#"))
+    end = next(
+        (i for i in range(start + 1, len(lines))
+         if lines[i].startswith("#") and len(lines[i]) - len(lines[i].lstrip("#")) <= level),
+        len(lines),
+    )
+    return "\n".join(lines[start:end]).rstrip()
+
+
+def update_section(path: Path, report: str, title: str) -> None:
+    """Put the report's ``title`` section (with its date) into ``path`` in place of
+    the one there, or before the notes: a run of one section leaves the others alone."""
+    section = section_of(report, title)
+    if section is None:
+        return
+    date = next((line for line in report.splitlines() if line.startswith("Date: ")), None)
+    if date is not None:  # a whole report: say when this section ran
+        section += f"\n\n(A run of its own. {date})"
+    current = path.read_text(encoding="utf-8") if path.exists() else "# ovbot benchmark results\n"
+    old = section_of(current, title)
+    if old is not None:
+        updated = current.replace(old, section)
+    elif "\n## Notes\n" in current:
+        updated = current.replace("\n## Notes\n", f"\n{section}\n\n## Notes\n", 1)
+    else:
+        updated = current.rstrip() + f"\n\n{section}\n"
+    path.write_text(updated, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ovbot.bots.logging_setup import configure_logging
+from ovbot.core.logging_setup import configure_logging
 from ovbot.core.errors import OvbotError
 
 

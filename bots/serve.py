@@ -22,7 +22,7 @@ from typing import Any
 
 from ovbot.adapters.base import Adapter
 from ovbot.adapters.http.server import HttpAdapter
-from ovbot.bots.logging_setup import configure_logging
+from ovbot.core.logging_setup import configure_logging
 from ovbot.core.app import App
 from ovbot.core.bot import Bot
 from ovbot.core.config import Settings, load_settings

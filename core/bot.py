@@ -50,6 +50,9 @@ DELIVERY_HORIZON_S = 24 * 3600.0
 UPDATE_HORIZON_S = 24 * 3600.0
 #: how often remembering updates also prunes the handled ones
 UPDATE_PRUNE_EVERY_S = 3600.0
+#: tries at handling one update before it is given up: an update whose handling kills
+#: the process would otherwise be replayed, and kill it again, at every start
+UPDATE_MAX_ATTEMPTS = 3
 NO_SUCH_JOB = "There is no such request (or it is not yours)."
 NO_SUCH_IMAGE = "There is no such picture (or it is not yours)."
 IMAGE_NOT_READY = "The picture is not ready yet."
@@ -330,10 +333,32 @@ class Bot:
         first: replay each once at start, then ``update_handled``."""
         return await self._app.store.unhandled_updates(platform)
 
-    async def update_handled(self, platform: str, update_id: int) -> None:
-        """The update's handler finished (its job is queued durably, or its reply is
-        on its way): it is never replayed."""
-        await self._app.store.mark_update_handled(platform, update_id, time.time())
+    async def try_update(self, platform: str, update_id: int) -> bool:
+        """Count one more try at handling a remembered update, committed before its
+        handler runs (so a try that kills the process counts too). False once it was
+        tried ``UPDATE_MAX_ATTEMPTS`` times: give it up (``update_abandoned``) instead
+        of running it again. An update never remembered is simply handled."""
+        return await self._app.store.count_update_attempt(platform, update_id) <= UPDATE_MAX_ATTEMPTS
+
+    async def update_handled(self, platform: str, update_id: int, replies: str | None = None) -> None:
+        """The update's handler finished (its job is queued durably): it is never
+        replayed. ``replies``: the one-off replies it produced (the adapter's JSON),
+        committed with the mark, so a crash before they are sent does not lose them:
+        send them, then ``replies_sent``; ``unsent_replies`` lists them after a restart."""
+        await self._app.store.mark_update_handled(platform, update_id, time.time(), replies=replies)
+
+    async def update_abandoned(self, platform: str, update_id: int, replies: str | None = None) -> None:
+        """Give the update up (``try_update`` said so): never handled or replayed again;
+        ``replies`` (telling the user) as for ``update_handled``."""
+        await self._app.store.mark_update_handled(platform, update_id, time.time(), replies=replies, abandoned=True)
+
+    async def unsent_replies(self, platform: str) -> list[tuple[int, str]]:
+        """``(update_id, replies)`` stored with a handled update and not sent yet (a
+        crash or a stop came between), oldest first: send each, then ``replies_sent``."""
+        return await self._app.store.unsent_replies(platform)
+
+    async def replies_sent(self, platform: str, update_id: int) -> None:
+        await self._app.store.mark_replies_sent(platform, update_id)
 
     # ------------------------------------------------------------------ health
     def register_adapter(self, name: str, health: AdapterHealth) -> None:

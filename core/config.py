@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     http_keep_alive_s: int = Field(default=5, ge=1, le=600)
     #: open connections (or requests in flight) from which new requests get a 503
     http_max_connections: int = Field(default=512, ge=1, le=100000)
+    #: Server-Sent Event streams one API key holds open at once (each holds a connection
+    #: for as long as its turn runs); beyond it a new stream gets a 429 with Retry-After
+    http_max_streams_per_key: int = Field(default=128, ge=1, le=100000)
 
     # ---------------------------------------------------------------- Telegram
     #: the bot's token from @BotFather; the Telegram adapter runs when it is set (a

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from ovbot.core.engines.types import ImageRequest
+from ovbot.core.text import repaired
 
 
 class JobKind(str, Enum):
@@ -42,6 +43,11 @@ class UserRef:
     user_id: str
     display_name: str = ""
     roles: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def __post_init__(self) -> None:
+        # the platform's name for the user lands in the store and in prompts: a broken
+        # one (a lone surrogate) is repaired here, once, rather than failing there
+        object.__setattr__(self, "display_name", repaired(self.display_name))
 
     @property
     def key(self) -> str:

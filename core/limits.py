@@ -191,9 +191,10 @@ class RateLimits:
         return await self._report(user.key)
 
     async def show(self, requester: UserRef, user_key: str) -> dict[str, Any]:
-        """What an admin sees: the user's effective limits, overrides, defaults, usage."""
+        """What an admin sees: the user's effective limits, overrides, defaults, usage.
+        The key is checked like set's: the report quotes it back to the admin."""
         await self._require_admin(requester)
-        return await self._admin_report(user_key)
+        return await self._admin_report(check_user_key(user_key))
 
     async def _admin_report(self, user_key: str) -> dict[str, Any]:
         report = await self._report(user_key)

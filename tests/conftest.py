@@ -7,8 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from ovbot.bots.logging_setup import QUIET_LOGGERS, SafeFormatter
+from ovbot.core.logging_setup import QUIET_LOGGERS, SafeFormatter
 from tests.fixtures_models import tiny_models  # noqa: F401
+from tests.sentinel_check import (  # noqa: F401  (hooks: the suite-wide sentinel check)
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
 
 
 @pytest.fixture(autouse=True)

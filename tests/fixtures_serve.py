@@ -18,7 +18,9 @@ from typing import Any
 
 import httpx
 
-KEY = "serve-test-key-0123456789"
+from tests.sentinels import SERVE_API_KEY
+
+KEY = SERVE_API_KEY
 SERVING = re.compile(r"serving on (http://127\.0\.0\.1:\d+)")
 START_TIMEOUT_S = 120.0
 

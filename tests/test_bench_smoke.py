@@ -156,3 +156,22 @@ async def test_bench_platform_section_smoke(tiny_models) -> None:
     rss = {row[0]: float(row[1]) for row in found["RSS"]}
     assert 0 < rss["after start (ready)"] <= rss["peak, sampled sum"]
     assert {t.name: t.ok for t in targets}[f"lost turns at {cfg.sessions} HTTP sessions"] is True
+
+
+async def test_bench_discord_section_smoke(tiny_models, monkeypatch) -> None:
+    """The Discord acknowledgement table on the tiny models: every interaction of the
+    burst is counted, acknowledged and finished, and the 3 s target is reported."""
+    from bench.discord_ack import discord_ack_section, smoke_ack_config
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    cfg = smoke_ack_config()
+    report, targets = await discord_ack_section(tiny_models.llm, tiny_models.image, cfg, lambda m: None)
+    found = {header[0]: (header, rows) for header, _, rows in tables(report)}
+    header, rows = found["burst"]
+    assert all(is_value(cell) for row in rows for cell in row[1:]), rows
+    (interactions, _users), = cfg.bursts
+    row = dict(zip(header, rows[0]))
+    assert int(row["sent"]) == int(row["acknowledged"]) == int(row["replies finished"]) == interactions
+    assert 0 < float(row["ack p50 ms"]) <= float(row["ack p95 ms"]) <= float(row["ack max ms"])
+    assert [t.name for t in targets] == ["Discord interactions acknowledged within 3 s"]
+    assert targets[0].ok is (int(row["past 3 s"]) == 0)

@@ -15,7 +15,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ovbot.adapters.discord import build_discord_adapter
-from ovbot.bots.logging_setup import configure_logging
+from ovbot.core.logging_setup import configure_logging
 from ovbot.bots.serve import configured_adapters, serve
 from ovbot.core.access import NOT_ALLOWED_CHAT, NOT_ALLOWED_USER
 from ovbot.core.domain import ChatRef, UserRef
@@ -83,6 +83,36 @@ async def test_a_reply_finished_while_down_is_delivered_exactly_once(tiny_models
         assert fake.violations == [] and fake.pings == [] and fake.unhandled == []
 
 
+async def test_a_mention_answered_only_after_a_restart_still_replies_to_its_message(
+    tiny_models: Any, tmp_path: Path
+) -> None:
+    async with FakeDiscord(guilds={GUILD: [CHANNEL]}) as fake:
+        settings = discord_settings(tiny_models, tmp_path, fake)
+        async with running_app(settings) as app:
+            adapter = build_discord_adapter(app.bot, settings, fast_options(stop_grace_s=0))
+            await adapter.start()
+            fake.fail("channel_send", 503, times=1000)  # no message gets out before the stop
+            asked = await fake.say(ANN, "answer me after the restart", mention_bot=True)
+            await fake.wait_for(lambda: fake.calls_of("channel_send"), 30, what="a refused send")
+            await adapter.stop()
+        fake.clear_failures()
+        assert fake.channel_messages(CHANNEL) == []
+
+        async with running_app(settings) as app:
+            adapter = build_discord_adapter(app.bot, settings, fast_options())
+            await adapter.start()
+            for _ in range(1200):  # until the reply is delivered
+                if not [j for j in await app.store.undelivered_jobs("discord", 0) if not j.payload.get("parent_job_id")]:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the reply was not delivered after the restart")
+            await adapter.stop()
+        (reply,) = fake.channel_messages(CHANNEL)
+        assert reply.reference_id == asked.id  # a reply to the question, as it would have been
+        assert fake.violations == [] and fake.pings == [] and fake.unhandled == []
+
+
 async def test_a_streaming_reply_is_completed_after_a_restart_and_its_buttons_still_work(
     tiny_models: Any, tmp_path: Path
 ) -> None:
@@ -111,7 +141,10 @@ async def test_a_streaming_reply_is_completed_after_a_restart_and_its_buttons_st
 
             await fake.wait_for(lambda: started.finished, 90, what="the resumed picture")
             assert started.content == "🎨 Here is your picture."
-            assert any(f"step {DRAWING_STEPS}/{DRAWING_STEPS}" in state for state in started.history)
+            # the picture went on where it stopped, with its progress shown (the last step
+            # itself may be overtaken by the finished picture: the newest state wins)
+            resumed = started.history[next(i for i, state in enumerate(started.history) if "restarting" in state) + 1 :]
+            assert any(f"/{DRAWING_STEPS}" in state for state in resumed)
             pictures = [m for m in fake.channel_messages(CHANNEL) if m.files]
             assert len(pictures) == 1 and pictures[0].interaction_token is None  # posted once, through the channel
             # ... and its re-roll button works on the new client

@@ -19,7 +19,7 @@ import pytest_asyncio
 from ovbot.adapters.discord import DiscordUnavailable, build_discord_adapter
 from ovbot.adapters.discord.invite import application_id_from_token, invite_url, required_permissions
 from ovbot.bots.cli import main
-from ovbot.bots.logging_setup import redact
+from ovbot.core.logging_setup import redact
 from ovbot.core.access import NOT_ALLOWED_USER, AccessControl
 from ovbot.core.bot import Bot
 from ovbot.core.config import ENV_PREFIX, Settings, load_settings

@@ -31,11 +31,12 @@ from ovbot.core.app import App
 from ovbot.core.config import Settings
 from ovbot.core.domain import ChatRef, LimitOverride
 from tests.fixtures_app import bot_settings
+from tests.sentinels import API_KEY, OTHER_API_KEY
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-KEY = "test-key-0123456789abcdef"
-OTHER_KEY = "other-key-0123456789abcdef"
+KEY = API_KEY
+OTHER_KEY = OTHER_API_KEY
 MAX_MESSAGE_CHARS = 2000
 
 

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from ovbot.bots.logging_setup import CONTINUATION, configure_logging, escape_controls
+from ovbot.core.logging_setup import CONTINUATION, configure_logging, escape_controls, redact
 
 RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
 
@@ -90,3 +90,21 @@ def test_redaction_and_escaping_leave_the_record_to_other_handlers(capsys: pytes
     err = capsys.readouterr().err
     assert "my-api-key-0123456789" not in err and "key [REDACTED] rejected" in err
     assert records and records[0].exc_info is not None and records[0].exc_info[0] is RuntimeError
+
+
+@pytest.mark.parametrize(
+    "line, secret, kept",
+    [
+        # discord.py at DEBUG: gateway events carry the interaction token, webhook URLs too
+        ("Event: {'d': {'token': 'aW50ZXJhY3Rpb246MTIzOmFiY2RlZmdoaWprbG1ub3A'}}", "aW50ZXJhY3Rpb24", "'token': '"),
+        ("PATCH https://x/api/v10/webhooks/876/aW50ZXJhY3Rpb246MTIzNDU2Nzg5OmFi/messages/@original", "aW50", "/876/"),
+        ("POST https://x/api/v10/interactions/123/some-other-shape_of-token-123456/callback", "some-other", "/123/"),
+        # a bot token of an application whose id starts with 8 or 9 (base64 head "O...")
+        ("token ODc2NTQzMjEwOTg3NjU0MzIx.GfAkEd.abcdefghijklmnopqrstuvwxyz0123", "abcdefghijklmnop", "token "),
+        ('setWebhook {"url": "https://x", "secret_token": "whsec-value"}', "whsec-value", '"secret_token": "'),
+        ("a Telegram token outside a URL: 123456789:AAHdefghijklmnopqrstuvwxyz012345678", "AAHdefghijklmnop", "URL: "),
+    ],
+)
+def test_token_shapes_are_redacted_without_knowing_the_value(line: str, secret: str, kept: str) -> None:
+    redacted = redact(line)
+    assert secret not in redacted and kept + "[REDACTED]" in redacted, redacted

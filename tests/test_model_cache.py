@@ -30,8 +30,9 @@ from ovbot.models.manifest import (
 )
 
 from tests.fakes.fake_hub import FakeHub, FakeRepo
+from tests.sentinels import HF_TOKEN
 
-TOKEN = "hf_testsecret123456"
+TOKEN = HF_TOKEN
 LLM_REPO = "ovbot-test/tiny-llm"
 IMAGE_REPO = "ovbot-test/tiny-sd"
 BIG = "openvino_model.bin"

@@ -36,8 +36,9 @@ from ovbot.models.hub import DownloadProgress, download_model
 from ovbot.models.manifest import verify
 
 from tests.fakes.fake_hub import FakeHub
+from tests.sentinels import HF_TOKEN
 
-TOKEN = "hf_hardeningsecret12345"
+TOKEN = HF_TOKEN
 LLM_REPO = "ovbot-test/tiny-llm"
 BIG = "openvino_model.bin"
 MB = 1024 * 1024

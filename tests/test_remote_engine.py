@@ -38,8 +38,9 @@ from ovbot.core.errors import (
     InvalidStructuredOutput,
 )
 from tests.fakes.fake_openai import ChatScript, FakeOpenAIServer
+from tests.sentinels import REMOTE_API_KEY
 
-KEY = "sk-ovbot-test-5f3c9a7e1d2b"
+KEY = REMOTE_API_KEY
 HELLO = [ChatMessage("system", "Be brief."), ChatMessage("user", "Hello?")]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

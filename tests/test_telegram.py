@@ -29,6 +29,7 @@ from ovbot.core.config import Settings
 from ovbot.core.domain import ChatRef, UserRef
 from tests.fakes.fake_telegram import BOT_USERNAME, TOKEN, FakeTelegram, Posted
 from tests.fixtures_app import bot_settings, running_app
+from tests.sentinels import TELEGRAM_WEBHOOK_SECRET
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -756,7 +757,7 @@ async def test_webhook_mode_checks_the_secret_on_every_request(
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/tg-hook"
-    secret = "s3cret-Token_for-the-webhook"
+    secret = TELEGRAM_WEBHOOK_SECRET
     config = TelegramConfig(
         token=TOKEN,
         api_base=own_fake.api_base,
@@ -871,7 +872,7 @@ async def test_logs_never_show_the_token_or_what_users_write(
 ) -> None:
     import logging
 
-    from ovbot.bots.logging_setup import QUIET_LOGGERS, configure_logging
+    from ovbot.core.logging_setup import QUIET_LOGGERS, configure_logging
 
     class Keep(logging.Handler):
         def __init__(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ovbot.core import bot as bot_module
-from ovbot.core.bot import UPDATE_HORIZON_S, Bot
+from ovbot.core.bot import UPDATE_HORIZON_S, UPDATE_MAX_ATTEMPTS, Bot
 from ovbot.core.store.sqlite import SQLiteStore
 
 TG = "telegram"
@@ -135,3 +135,76 @@ async def test_an_id_handled_over_a_day_ago_is_new_again(store: SQLiteStore, mon
     now[0] += 7 * 24 * 3600.0
     assert await bot.remember_updates(TG, [(77, "{new}")]) == {77}
     assert await bot.unhandled_updates(TG) == [(77, "{new}")]
+
+
+# ---------------------------------------------------------------- tries and held replies (migration 4)
+
+
+def state(tmp_path: Path, update_id: int) -> tuple[int, bool, bool, str | None]:
+    """(attempts, handled, abandoned, replies) of one update, as another process reads it."""
+    conn = sqlite3.connect(tmp_path / "db" / "ovbot.db", isolation_level=None)
+    try:
+        row = conn.execute(
+            "SELECT attempts, handled_at IS NOT NULL, abandoned_at IS NOT NULL, replies FROM platform_updates "
+            "WHERE platform = ? AND update_id = ?",
+            (TG, update_id),
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(row[0]), bool(row[1]), bool(row[2]), row[3]
+
+
+async def test_each_try_is_counted_and_committed_until_the_update_is_handled(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    await store.remember_updates(TG, [(1, "{}")], 1.0)
+    assert state(tmp_path, 1) == (0, False, False, None)
+    assert await store.count_update_attempt(TG, 1) == 1
+    assert state(tmp_path, 1) == (1, False, False, None)  # durable before the handler runs
+    assert await store.count_update_attempt(TG, 1) == 2
+    await store.mark_update_handled(TG, 1, 2.0)
+    assert await store.count_update_attempt(TG, 1) == 0  # handled: nothing to try
+    assert await store.count_update_attempt(TG, 99) == 0  # never stored
+    assert await store.count_update_attempt("discord", 1) == 0  # ids are per platform
+    assert state(tmp_path, 1) == (2, True, False, None)
+
+
+async def test_replies_are_committed_with_the_handled_mark_and_listed_until_sent(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    await store.remember_updates(TG, [(1, "{}"), (2, "{}"), (3, "{}")], 1.0)
+    await store.mark_update_handled(TG, 2, 2.0, replies='[{"r":2}]')
+    await store.mark_update_handled(TG, 1, 2.0, replies='[{"r":1}]')
+    await store.mark_update_handled(TG, 3, 2.0)  # a chat turn: nothing held
+    assert state(tmp_path, 2) == (0, True, False, '[{"r":2}]')
+    assert await store.unsent_replies(TG) == [(1, '[{"r":1}]'), (2, '[{"r":2}]')]
+    assert await store.unsent_replies("discord") == []
+    await store.mark_replies_sent(TG, 1)
+    assert await store.unsent_replies(TG) == [(2, '[{"r":2}]')]
+    assert state(tmp_path, 1) == (0, True, False, None)  # the text is not kept once sent
+    await store.mark_update_handled(TG, 2, 9.0, replies='[{"again":1}]')  # handled once: stays
+    assert await store.unsent_replies(TG) == [(2, '[{"r":2}]')]
+
+
+async def test_an_abandoned_update_is_handled_with_its_notice(store: SQLiteStore, tmp_path: Path) -> None:
+    await store.remember_updates(TG, [(7, "{}")], 1.0)
+    await store.mark_update_handled(TG, 7, 2.0, replies='[{"notice":1}]', abandoned=True)
+    assert state(tmp_path, 7) == (0, True, True, '[{"notice":1}]')
+    assert await store.unhandled_updates(TG) == []  # never replayed again
+    assert await store.remember_updates(TG, [(7, "{}")], 3.0) == []  # nor taken as new
+
+
+async def test_facade_allows_a_bounded_number_of_tries(store: SQLiteStore, tmp_path: Path) -> None:
+    bot = facade(store)
+    await bot.remember_updates(TG, [(1, "{}"), (2, "{}")])
+    tries = [await bot.try_update(TG, 1) for _ in range(UPDATE_MAX_ATTEMPTS + 1)]
+    assert tries == [True] * UPDATE_MAX_ATTEMPTS + [False]
+    await bot.update_abandoned(TG, 1, '["notice"]')
+    assert state(tmp_path, 1) == (UPDATE_MAX_ATTEMPTS + 1, True, True, '["notice"]')
+    assert await bot.try_update(TG, 2) is True  # another update is not affected
+    await bot.update_handled(TG, 2, '["answer"]')
+    assert await bot.unsent_replies(TG) == [(1, '["notice"]'), (2, '["answer"]')]
+    await bot.replies_sent(TG, 2)
+    await bot.replies_sent(TG, 1)
+    assert await bot.unsent_replies(TG) == []
+    assert await bot.try_update(TG, 404) is True  # never remembered (not from the inbox): just handle it

@@ -20,6 +20,7 @@ from discord.gateway import DiscordWebSocket
 
 from ovbot.adapters.discord.buttons import PERSISTENT_BUTTONS, ButtonActions
 from ovbot.adapters.discord.commands import AnyCommand
+from ovbot.adapters.discord.options import check_options
 from ovbot.core.errors import OvbotError
 
 log = logging.getLogger("ovbot.discord")
@@ -77,6 +78,12 @@ class OvbotTree(app_commands.CommandTree["OvbotClient"]):
 
     async def on_error(self, interaction: discord.Interaction[OvbotClient], error: app_commands.AppCommandError) -> None:
         await self._errors.command_error(interaction, error)
+
+    async def interaction_check(self, interaction: discord.Interaction[OvbotClient], /) -> bool:
+        """Options of the wrong type never reach a handler (``OptionMismatch``, a
+        ``CheckFailure``, is answered by ``on_error``)."""
+        check_options(interaction)
+        return True
 
 
 class OvbotClient(discord.Client):

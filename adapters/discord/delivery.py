@@ -18,7 +18,9 @@ import time
 import discord
 
 from ovbot.adapters.common import Clock, Sleep, render_live, utf16_length
+from ovbot.adapters.common.backoff import Backoff, until_done
 from ovbot.adapters.discord.refs import PLATFORM
+from ovbot.adapters.discord.retry import NO_ANSWER, retry_later_on_trouble
 from ovbot.adapters.discord.target import DiscordReplyTarget, Recorder
 from ovbot.core.bot import Bot, TurnHandle
 from ovbot.core.errors import OvbotError
@@ -28,6 +30,10 @@ log = logging.getLogger("ovbot.discord")
 MESSAGE_LIMIT = 2000
 #: least time between two pushes of one reply (Discord allows ~5 edits per 5 s)
 EDIT_INTERVAL_S = 1.0
+#: delivery record key: the user's message a message-triggered reply answers
+REPLY_TO = "reply_to"
+#: Discord's code for "Interaction has already been acknowledged"
+_ALREADY_ACKNOWLEDGED = 40060
 
 
 class Deliveries:
@@ -59,13 +65,7 @@ class Deliveries:
         original_id: int | None = None
         record = self._recorder(handle.job_id)
         if not interaction.response.is_done():
-            try:
-                callback = await interaction.response.defer(thinking=True)
-            except discord.HTTPException as exc:  # too late, or Discord refused: use the channel
-                log.warning("could not defer the interaction (%s %s); replying in the channel", exc.status, exc.code)
-                live = False
-            else:
-                original_id = callback.message_id if callback is not None else None
+            live, original_id = await _defer(interaction)
         if original_id is not None:  # where the reply will be, before anything is shown
             await record("messages", [str(original_id)])
         channel = interaction.client.get_partial_messageable(_channel_id(interaction), guild_id=interaction.guild_id)
@@ -78,12 +78,18 @@ class Deliveries:
             interaction=interaction if live else None,
             original_id=original_id,
             cancel_job_id=handle.job_id,
+            job_id=handle.job_id,
         )
         self._spawn(handle, target)
 
-    def follow_message(self, message: discord.Message, client: discord.Client, handle: TurnHandle) -> None:
-        """Show the turn as a reply to the user's message."""
+    async def follow_message(self, message: discord.Message, client: discord.Client, handle: TurnHandle) -> None:
+        """Show the turn as a reply to the user's message (recorded first: a reply
+        that had posted nothing before a restart still answers that message)."""
         guild_id = message.guild.id if message.guild is not None else None
+        try:
+            await self._recorder(handle.job_id)(REPLY_TO, [str(message.id)])
+        except Exception as exc:  # the turn is queued: its live reply must start all the same
+            log.warning("the reply %s: its question could not be recorded (%s)", handle.job_id[:8], type(exc).__name__)
         target = DiscordReplyTarget(
             bot=self._bot,
             owner=handle.user,
@@ -92,6 +98,7 @@ class Deliveries:
             wall_clock=self._wall_clock,
             reply_to=message.to_reference(fail_if_not_exists=False),
             cancel_job_id=handle.job_id,
+            job_id=handle.job_id,
         )
         self._spawn(handle, target)
 
@@ -108,14 +115,17 @@ class Deliveries:
                 continue
             ids = [int(i) for i in turn.delivery.get("messages", []) if str(i).isdigit()]
             guild_id = int(turn.chat.parent_id) if turn.chat.parent_id and turn.chat.parent_id.isdigit() else None
+            channel_id = int(turn.chat.chat_id)
             target = DiscordReplyTarget(
                 bot=self._bot,
                 owner=turn.user,
-                channel=client.get_partial_messageable(int(turn.chat.chat_id), guild_id=guild_id),
+                channel=client.get_partial_messageable(channel_id, guild_id=guild_id),
                 record=self._recorder(turn.job_id),
                 wall_clock=self._wall_clock,
+                reply_to=_reply_reference(turn.delivery.get(REPLY_TO), channel_id, guild_id),
                 message_ids=ids,
                 images_sent=[str(i) for i in turn.delivery.get("images", [])],
+                job_id=turn.job_id,
             )
             log.info("delivering reply %s that was left undelivered (%s)", turn.job_id[:8], turn.state.value)
             self._spawn(handle, target)
@@ -162,12 +172,53 @@ class Deliveries:
                 sleep=self._sleep,
             )
             if view.final and view.outcome != "interrupted":  # interrupted: it goes on after the restart
-                await target.finish()
+                await self._finish(target)
                 await self._bot.mark_delivered(handle.job_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("the reply %s could not be delivered; it is retried after the next start", handle.job_id[:8])
+
+    async def _finish(self, target: DiscordReplyTarget) -> None:
+        """Take the cancel button off, waiting out Discord's bad moments like the
+        renderer does (the reply is not delivered while it still offers to cancel)."""
+        backoff = Backoff()
+
+        async def take_the_button_off() -> None:
+            with retry_later_on_trouble(backoff):
+                await target.finish()
+
+        await until_done(take_the_button_off, self._sleep, min_wait_s=self._interval)
+
+
+async def _defer(interaction: discord.Interaction) -> tuple[bool, int | None]:
+    """Acknowledge the interaction ("thinking"): (whether the reply goes through the
+    interaction, the id of the deferred message if known). A request that got no answer
+    may have arrived all the same: it is sent once more (Discord allows 3 s), and
+    "already acknowledged" means the first one did. If neither answer arrives, the reply
+    tries the deferred message anyway: Discord answers "unknown message" if there is
+    none, and the reply goes to the channel. Refused outright: the channel."""
+    for attempt in (1, 2):
+        try:
+            callback = await interaction.response.defer(thinking=True)
+        except discord.HTTPException as exc:
+            if exc.code == _ALREADY_ACKNOWLEDGED:
+                return True, None
+            log.warning("could not defer the interaction (%s %s); replying in the channel", exc.status, exc.code)
+            return False, None
+        except NO_ANSWER as exc:
+            log.info("deferring the interaction got no answer (%s, try %d)", type(exc).__name__, attempt)
+        else:
+            return True, callback.message_id if callback is not None else None
+    return True, None
+
+
+def _reply_reference(recorded: object, channel_id: int, guild_id: int | None) -> discord.MessageReference | None:
+    """The user's message a message-triggered reply answers, as recorded when it began."""
+    ids = [int(i) for i in recorded if str(i).isdigit()] if isinstance(recorded, list) else []
+    if not ids:
+        return None
+    return discord.MessageReference(message_id=ids[0], channel_id=channel_id, guild_id=guild_id, fail_if_not_exists=False)
 
 
 def _channel_id(interaction: discord.Interaction) -> int:

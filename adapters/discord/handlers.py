@@ -113,7 +113,7 @@ class Handlers:
                 return
             user, chat = message_refs(message)
             handle = await self._bot.submit_turn(user, chat, strip_bot_mention(message.content, me.id))
-            self._deliveries.follow_message(message, client, handle)
+            await self._deliveries.follow_message(message, client, handle)
 
     # ------------------------------------------------------------------ buttons
     async def cancel_pressed(self, interaction: discord.Interaction, job_id: str) -> None:

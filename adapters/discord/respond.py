@@ -27,6 +27,7 @@ from discord import app_commands
 
 from ovbot.adapters.common.replies import error_text
 from ovbot.adapters.common.split import split_message, utf16_length
+from ovbot.adapters.discord.retry import NO_ANSWER
 from ovbot.core.errors import OvbotError
 
 log = logging.getLogger("ovbot.discord")
@@ -39,6 +40,12 @@ MESSAGE_LIMIT = 2000
 DEFER_AFTER_S = 2.0
 SOMETHING_WENT_WRONG = "⚠️ Something went wrong on the bot's side; it has been logged. Please try again."
 COMMAND_PROBLEM = "⚠️ That command could not be run: {reason}"
+#: Discord sent options this version of the command does not have (its command list is
+#: out of date, or a client made them up): the user can only retry or update the command
+OUT_OF_DATE_COMMAND = (
+    "⚠️ That command's options do not match this bot's version of /{name} (Discord may still be "
+    "updating its command list). Please try again in a minute, choosing each option from the list."
+)
 
 
 def clip(text: str) -> str:
@@ -88,6 +95,10 @@ class Responder:
         if isinstance(original, OvbotError):
             await self._best_effort(interaction, error_text(original))
             return
+        if isinstance(error, app_commands.CommandSignatureMismatch):
+            log.warning("%s got options that do not match its signature; are the commands synced?", _what(interaction))
+            await self._best_effort(interaction, OUT_OF_DATE_COMMAND.format(name=error.command.qualified_name))
+            return
         if isinstance(error, (app_commands.TransformerError, app_commands.CommandNotFound, app_commands.CheckFailure)):
             log.info("%s could not run: %s", _what(interaction), type(error).__name__)
             await self._best_effort(interaction, COMMAND_PROBLEM.format(reason=str(error) or type(error).__name__))
@@ -100,6 +111,8 @@ class Responder:
             await self.send(interaction, text)
         except discord.HTTPException as exc:
             log.warning("could not answer %s (%s %s)", _what(interaction), exc.status, exc.code)
+        except NO_ANSWER as exc:
+            log.warning("could not answer %s (%s)", _what(interaction), type(exc).__name__)
 
     # ------------------------------------------------------------------ messages
     @contextlib.asynccontextmanager
@@ -123,6 +136,8 @@ class Responder:
             await self.reply(message, text)
         except discord.HTTPException as exc:
             log.warning("could not reply to a message (%s %s)", exc.status, exc.code)
+        except NO_ANSWER as exc:
+            log.warning("could not reply to a message (%s)", type(exc).__name__)
 
 
 def _what(interaction: discord.Interaction) -> str:

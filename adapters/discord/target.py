@@ -13,23 +13,26 @@ routes from the start, its first message a reply to the user's.
 
 Every message goes out with ``AllowedMentions.none()``: the model's text is untrusted
 and must never ping @everyone, a role or a user (OWASP LLM05). A 429 that discord.py
-did not absorb itself becomes ``RetryLater``, so the renderer backs off and then pushes
-the newest state instead of queueing stale ones. Every message created is recorded
+did not absorb itself, a 5xx or a request that got no answer becomes ``RetryLater``
+(``retry.py``): the renderer backs off and then pushes the newest state, instead of
+queueing stale ones or abandoning the reply. Every message created is recorded
 through the facade (``record_delivery``) so a restart edits it instead of posting anew.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 import discord
 
-from ovbot.adapters.common import Clock, RetryLater
+from ovbot.adapters.common import Clock
+from ovbot.adapters.common.backoff import Backoff
 from ovbot.adapters.discord.buttons import cancel_view, reroll_view
 from ovbot.adapters.discord.picture import picture_embed, picture_file
+from ovbot.adapters.discord.retry import retry_later_on_trouble
 from ovbot.core.bot import Bot
 from ovbot.core.domain import UserRef
 from ovbot.core.turns import ImageFile, ImageReady
@@ -40,8 +43,8 @@ NO_PINGS = discord.AllowedMentions.none()
 #: interaction tokens work 15 minutes; stop using one this long before (clock skew,
 #: a request in flight) and go through the channel instead
 TOKEN_MARGIN_S = 30.0
-#: when a 429 escapes discord.py without a usable retry_after
-DEFAULT_RETRY_S = 1.0
+#: the part of the turn's id that starts each message nonce (Discord allows 25 characters)
+NONCE_BASE_CHARS = 16
 #: Discord's codes for "this token is no longer valid"
 _TOKEN_CODES = frozenset({50027, 10015})
 _UNKNOWN_MESSAGE = 10008
@@ -54,33 +57,15 @@ def token_refused(exc: discord.HTTPException) -> bool:
     return exc.status == 401 or exc.code in _TOKEN_CODES
 
 
-def retry_after(exc: discord.HTTPException) -> float:
-    header = exc.response.headers.get("Retry-After") if exc.response is not None else None
-    try:
-        return max(float(header), 0.0) if header else DEFAULT_RETRY_S
-    except ValueError:
-        return DEFAULT_RETRY_S
-
-
-@contextlib.contextmanager
-def slow_down_on_429() -> Iterator[None]:
-    """discord.py sleeps out short 429s itself; one it gives up on (or one longer than
-    the client's ``max_ratelimit_timeout``) becomes ``RetryLater`` for the renderer."""
-    try:
-        yield
-    except discord.RateLimited as exc:
-        raise RetryLater(exc.retry_after) from None
-    except discord.HTTPException as exc:
-        if exc.status == 429:
-            raise RetryLater(retry_after(exc)) from None
-        raise
-
-
 class DiscordReplyTarget:
     """One reply's messages. ``original_id`` is the deferred response's message (known
     and recorded at defer time, before anything is shown); ``message_ids`` and
     ``images_sent`` continue a reply begun before a restart; ``cancel_job_id`` puts a
-    cancel button on the first message while the turn runs (``finish`` removes it)."""
+    cancel button on the first message while the turn runs (``finish`` removes it).
+    ``job_id`` (the turn) names the messages it posts in the channel: each send carries
+    a nonce Discord enforces, so a send repeated after its answer was lost (a dropped
+    connection, a timeout, a crash before the id was recorded) returns the message
+    the first one made instead of posting it twice."""
 
     def __init__(
         self,
@@ -96,6 +81,7 @@ class DiscordReplyTarget:
         message_ids: Sequence[int] = (),
         images_sent: Collection[str] = (),
         cancel_job_id: str | None = None,
+        job_id: str | None = None,
     ) -> None:
         self._bot = bot
         self._owner = owner
@@ -113,11 +99,15 @@ class DiscordReplyTarget:
             self._via_token.add(self._original_id)
         self._images_sent: list[str] = list(images_sent)
         self._cancel_job_id = cancel_job_id
+        #: starts the nonce of every channel message this reply creates
+        self._nonce_base = (job_id or cancel_job_id or secrets.token_hex(8))[:NONCE_BASE_CHARS]
+        self._reposts = 0
         #: the first message was written by this target (it gets the cancel button then)
         self._first_written = False
         #: a resumed reply may carry a cancel button from before the restart
         self._buttons_on_first = bool(message_ids)
         self._token_dead = interaction is None
+        self._backoff = Backoff()
 
     @property
     def message_ids(self) -> list[int]:
@@ -139,7 +129,7 @@ class DiscordReplyTarget:
 
     # ------------------------------------------------------------------ ReplyTarget
     async def show(self, index: int, text: str) -> None:
-        with slow_down_on_429():
+        with retry_later_on_trouble(self._backoff):
             if index < len(self._ids):
                 await self._edit(index, text)
             else:
@@ -147,7 +137,7 @@ class DiscordReplyTarget:
 
     async def delete(self, index: int) -> None:
         message_id = self._ids[index]
-        with slow_down_on_429():
+        with retry_later_on_trouble(self._backoff):
             try:
                 if message_id in self._via_token and message_id != self._original_id and self.token_alive():
                     assert self._interaction is not None
@@ -163,7 +153,7 @@ class DiscordReplyTarget:
         if image.job_id in self._images_sent:
             return  # posted before a restart
         picture = await self._bot.image(image.job_id, self._owner)
-        with slow_down_on_429():
+        with retry_later_on_trouble(self._backoff):
             message = await self._send_picture(picture, image.params or picture.params, image.job_id)
         log.debug("picture of %s posted as message %s", image.job_id[:8], message.id)
         self._images_sent.append(image.job_id)
@@ -217,7 +207,10 @@ class DiscordReplyTarget:
         if self.token_alive():
             message = await self._add_with_token(text, first, view)
         if message is None:
-            message = await self._channel_send(text, view, reference=self._reply_to if first else None)
+            nonce = f"{self._nonce_base}.{len(self._ids)}"
+            message = await self._channel_send(text, view, reference=self._reply_to if first else None, nonce=nonce)
+            if message.content != text:  # an earlier try made it (its answer was lost), with older text
+                message = await message.edit(content=text, allowed_mentions=NO_PINGS)
         self._ids.append(message.id)
         if first:
             self._wrote(0, view)
@@ -240,6 +233,9 @@ class DiscordReplyTarget:
             else:
                 message = await interaction.followup.send(text, wait=True, allowed_mentions=NO_PINGS)
         except discord.HTTPException as exc:
+            if first and exc.code == _UNKNOWN_MESSAGE:  # the interaction was never acknowledged
+                self._drop_token("has no response to edit")
+                return None
             if not token_refused(exc):
                 raise
             self._drop_token("was refused")
@@ -248,16 +244,16 @@ class DiscordReplyTarget:
         return message
 
     async def _channel_send(
-        self, text: str, view: discord.ui.View | None, *, reference: discord.MessageReference | None
+        self, text: str, view: discord.ui.View | None, *, reference: discord.MessageReference | None, nonce: str
     ) -> discord.Message:
         channel = self._channel
         if reference is not None and view is not None:
-            return await channel.send(text, allowed_mentions=NO_PINGS, reference=reference, view=view)
+            return await channel.send(text, allowed_mentions=NO_PINGS, reference=reference, view=view, nonce=nonce)
         if reference is not None:
-            return await channel.send(text, allowed_mentions=NO_PINGS, reference=reference)
+            return await channel.send(text, allowed_mentions=NO_PINGS, reference=reference, nonce=nonce)
         if view is not None:
-            return await channel.send(text, allowed_mentions=NO_PINGS, view=view)
-        return await channel.send(text, allowed_mentions=NO_PINGS)
+            return await channel.send(text, allowed_mentions=NO_PINGS, view=view, nonce=nonce)
+        return await channel.send(text, allowed_mentions=NO_PINGS, nonce=nonce)
 
     async def _edit(self, index: int, text: str) -> None:
         message_id = self._ids[index]
@@ -297,7 +293,9 @@ class DiscordReplyTarget:
         """Someone deleted a message of the reply: post it again rather than lose it."""
         log.info("message %s of a reply cannot be edited any more; posting it again", self._ids[index])
         view = self._first_view(index)
-        message = await self._channel_send(text, view, reference=self._reply_to if index == 0 else None)
+        nonce = f"{self._nonce_base}.r{index}.{self._reposts}"  # the same for a retry of this repost
+        message = await self._channel_send(text, view, reference=self._reply_to if index == 0 else None, nonce=nonce)
+        self._reposts += 1
         self._ids[index] = message.id
         self._via_token.discard(message.id)
         if index == 0:
@@ -322,4 +320,10 @@ class DiscordReplyTarget:
                     raise
                 self._drop_token("was refused")
                 file = picture_file(picture)  # the refused request consumed the first upload
-        return await self._channel.send(file=file, embed=embed, view=reroll_view(job_id), allowed_mentions=NO_PINGS)
+        return await self._channel.send(
+            file=file,
+            embed=embed,
+            view=reroll_view(job_id),
+            allowed_mentions=NO_PINGS,
+            nonce=f"{job_id[:NONCE_BASE_CHARS]}.p",
+        )

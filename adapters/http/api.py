@@ -12,6 +12,7 @@ at run time, and ``Caller`` is local to ``create_app``.
 
 import contextlib
 import dataclasses
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Query
@@ -39,6 +40,7 @@ from ovbot.adapters.http.schemas import (
     USER_KEY_PATTERN,
 )
 from ovbot.adapters.http.sse import sse_stream
+from ovbot.adapters.http.stream_slots import SlotStreamingResponse, StreamSlots
 from ovbot.core.bot import Bot, TurnHandle, TurnOptions
 from ovbot.core.config import Settings
 from ovbot.core.domain import ImageParams, JobKind
@@ -56,10 +58,29 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         403: "not your job",
         404: "no such job or image (or not yours)",
         422: "a field is missing, unknown or out of range",
-        429: "rate limit or queue full; see Retry-After",
-        503: "the engines are not available",
+        429: "rate limit, queue full or too many open streams; see Retry-After",
+        503: "the engines are not available, or too many connections (see Retry-After)",
     }.items()
 }
+
+#: documented so clients (and schema checks) know ``?stream=true`` answers with SSE
+_SSE: dict[str, Any] = {
+    "description": "Server-Sent Events, one JSON object per event",
+    "content": {
+        "text/event-stream": {
+            "itemSchema": {
+                "type": "object",
+                "required": ["event", "data", "id"],
+                "properties": {
+                    "event": {"type": "string"},
+                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                    "data": {"type": "string", "contentMediaType": "application/json"},
+                },
+            }
+        }
+    },
+}
+_SSE_OR_JSON: dict[str, Any] = {**_SSE, "description": "the reply, or with ?stream=true its events as SSE"}
 
 JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -84,6 +105,7 @@ def create_app(
     ``OVBOT_PUBLIC_BASE_URL`` or ``http://<host>:<port>`` from settings.
     """
     keys = KeyChecker(settings.api_keys)
+    streams = StreamSlots(settings.http_max_streams_per_key)
     public = base_url or settings.public_base_url or default_base_url(settings.http_host, settings.http_port)
     public = public.rstrip("/")
     bearer = HTTPBearer(auto_error=False, description="One of OVBOT_API_KEYS (needed when keys are configured)")
@@ -113,10 +135,20 @@ def create_app(
     def image_url(image_or_job_id: str) -> str:
         return f"{public}/images/{image_or_job_id}.png"
 
-    def events_response(handle: TurnHandle, after_seq: int | None = None) -> StreamingResponse:
+    async def events_response(
+        who: Identity, open_turn: Callable[[], Awaitable[TurnHandle]], after_seq: int | None = None
+    ) -> StreamingResponse:
+        """The turn as SSE, holding one of the key's stream slots; the slot is taken
+        before the turn is opened, so a refused stream queues (and charges) nothing."""
+        slot = streams.acquire(who.key_id)
+        try:
+            handle = await open_turn()
+        except BaseException:
+            slot.release()
+            raise
         stream = sse_stream(handle.__aiter__(), image_url, after_seq=after_seq, keepalive_s=keepalive_s)
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers={**SSE_HEADERS, "X-Job-Id": handle.job_id}
+        return SlotStreamingResponse(
+            slot, stream, media_type="text/event-stream", headers={**SSE_HEADERS, "X-Job-Id": handle.job_id}
         )
 
     async def image_ref(who: Identity, job_id: str) -> ImageRef:
@@ -181,7 +213,11 @@ def create_app(
 
     # ---------------------------------------------------------------- chat and images
     @api.post(
-        "/chat", response_model=ChatResponse, response_model_exclude_none=True, responses=_ERRORS, tags=["chat"]
+        "/chat",
+        response_model=ChatResponse,
+        response_model_exclude_none=True,
+        responses={**_ERRORS, 200: _SSE_OR_JSON},
+        tags=["chat"],
     )
     async def chat(
         body: ChatRequest,
@@ -191,14 +227,18 @@ def create_app(
         """Send a message; the reply comes when its text is done (a picture it asked for
         may still be coming: see ``image``), or as SSE with ``?stream=true``."""
         image = ImageParams(prompt="", **body.image.model_dump()) if body.image else None
-        handle = await bot.submit_turn(
-            who.user(body.user_id),
-            who.chat(body.user_id, body.conversation_id),
-            body.message,
-            TurnOptions(image=image, show_reasoning=body.show_reasoning, reasoning=body.reasoning),
-        )
+
+        def submit() -> Awaitable[TurnHandle]:
+            return bot.submit_turn(
+                who.user(body.user_id),
+                who.chat(body.user_id, body.conversation_id),
+                body.message,
+                TurnOptions(image=image, show_reasoning=body.show_reasoning, reasoning=body.reasoning),
+            )
+
         if stream:
-            return events_response(handle)
+            return await events_response(who, submit)
+        handle = await submit()
         reply = await reply_of(handle)
         return ChatResponse(
             job_id=handle.job_id,
@@ -248,7 +288,9 @@ def create_app(
         """State, queue position and ETA, image progress, then the result or the error."""
         return await job_view(who, await bot.status(job_id, who.tenant()))
 
-    @api.get("/jobs/{job_id}/events", responses=_ERRORS, tags=["jobs"], response_class=StreamingResponse)
+    @api.get(
+        "/jobs/{job_id}/events", responses={**_ERRORS, 200: _SSE}, tags=["jobs"], response_class=StreamingResponse
+    )
     async def job_events(
         job_id: JobId,
         who: Caller,
@@ -256,7 +298,7 @@ def create_app(
     ) -> StreamingResponse:
         """The turn's events as SSE (the chat reply, then its picture), from the first
         (or after ``Last-Event-ID``) to the end."""
-        return events_response(await bot.resume(job_id, who.tenant()), after_seq=last_event_id)
+        return await events_response(who, lambda: bot.resume(job_id, who.tenant()), after_seq=last_event_id)
 
     @api.delete("/jobs/{job_id}", response_model=JobView, responses=_ERRORS, tags=["jobs"])
     async def cancel_job(
@@ -349,7 +391,7 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if state.ok else 503)
 
-    @api.get("/metrics", tags=["operations"], response_class=Response)
+    @api.get("/metrics", tags=["operations"], response_class=Response, responses={401: _ERRORS[401]})
     async def metrics_text(who: Caller) -> Response:
         """Prometheus metrics (needs a key when keys are configured)."""
         text, content_type = metrics.render()

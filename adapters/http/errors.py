@@ -38,16 +38,28 @@ STATUS_BY_KIND: dict[str, int] = {
     "validation": 422,
     "rate_limited": 429,
     "queue_full": 429,
+    "too_many_streams": 429,
     "engine": 502,
     "invalid_output": 502,
     "engine_unavailable": 503,
     "model_unavailable": 503,
     "shutting_down": 503,
     "queue_closed": 503,
+    "server_busy": 503,
     "store": 503,
     "timeout": 504,
 }
 _KIND_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+#: the detail of FastAPI's own 400 when it cannot parse a body at all (fastapi/routing.py)
+FASTAPI_PARSE_FAILURE = "There was an error parsing the body"
+#: FastAPI's 400 for a body ``json.loads`` could not even attempt (not UTF-8, nested too
+#: deep, an integer too long to convert): the same mistake as any other malformed JSON
+UNREADABLE_BODY = (
+    "The request body could not be read as JSON: send UTF-8 JSON, not nested deeper than "
+    "a few hundred levels, numbers of at most a few thousand digits."
+)
+#: how much of a client-chosen name (a field, a path) an error message may quote
+SHOWN_CHARS = 60
 INTERNAL_MESSAGE = "Something went wrong on the server. Try again; if it keeps happening, report the request id."
 
 
@@ -117,7 +129,7 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     problems: list[tuple[str, str]] = []
     for error in errors:
         kind = error.get("type", "")
-        where = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        where = [_shown(str(part)) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
         if kind == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "")
             detail = f" ({reason})" if reason else ""
@@ -130,6 +142,12 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
         problems.append((".".join(where) or "body", _plain(kind, error.get("msg", "is invalid"), error.get("ctx"))))
     message = "; ".join(f"{field}: {text}" for field, text in problems) or "The request is invalid."
     return ApiError("validation", message, field=problems[0][0] if problems else None)
+
+
+def _shown(name: str) -> str:
+    """A name the client chose (an unknown field, a path), quoted back bounded: an
+    error must not echo a megabyte the client sent."""
+    return name if len(name) <= SHOWN_CHARS else name[:SHOWN_CHARS] + "…"
 
 
 def _plain(kind: str, message: str, context: dict[str, Any] | None = None) -> str:
@@ -166,11 +184,17 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        kind = _KIND_BY_STATUS.get(exc.status_code, "http_error")
+        if exc.status_code == 400 and exc.detail == FASTAPI_PARSE_FAILURE:
+            kind = "malformed_json"
+        else:
+            kind = _KIND_BY_STATUS.get(exc.status_code, "http_error")
+        path = _shown(request.url.path)
         if kind == "not_found":
-            message = f"There is no {request.method} {request.url.path} endpoint (see /docs)."
+            message = f"There is no {request.method} {path} endpoint (see /docs)."
         elif kind == "method_not_allowed":
-            message = f"{request.method} is not allowed on {request.url.path} (see /docs)."
+            message = f"{request.method} is not allowed on {path} (see /docs)."
+        elif kind == "malformed_json":
+            message = UNREADABLE_BODY
         else:
             message = str(exc.detail)
         response = respond(request, ApiError(kind, message))

@@ -6,19 +6,28 @@ between two requests and the first byte a client sends cancels it, so a client t
 opens a connection and sends a header line now and then (slowloris) is held for as long
 as it likes; a hundred of them hold a hundred sockets and buffers. ``H11HeaderTimeout``
 gives every request's headers a deadline from the moment the connection opens, or the
-previous response ended, and closes the connection when it passes. ``limit_concurrency``
-bounds what is open at once: beyond it uvicorn answers 503 instead of taking more.
+previous response ended, and closes the connection when it passes.
+
+What is open at once is bounded too (``OVBOT_HTTP_MAX_CONNECTIONS``). uvicorn's own
+``limit_concurrency`` answers beyond it with a bare ``text/plain`` "Service Unavailable",
+which tells a client neither why nor when to come back; ``H11Bounded`` applies the same
+rule (open connections, or requests in flight, at the limit) and answers with the API's
+JSON error, ``Retry-After`` and ``Connection: close``, so the refused client frees its
+socket at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import h11
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ovbot.adapters.http.errors import ApiError, error_response
 from ovbot.core.config import Settings
 
 log = logging.getLogger("ovbot.http")
@@ -31,7 +40,7 @@ class H11HeaderTimeout(H11Protocol):
     arrived; the timer closes the connection if it is still ``IDLE`` when it fires, so a
     request being answered (a long SSE stream included) is never cut."""
 
-    #: set on the subclass ``header_timeout_protocol`` builds
+    #: set on the subclass ``bounded_protocol`` builds
     header_timeout_s: float = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -76,16 +85,85 @@ class H11HeaderTimeout(H11Protocol):
         self.transport.close()
 
 
-def header_timeout_protocol(header_timeout_s: float) -> type[H11HeaderTimeout]:
+class RefusalLog:
+    """One warning per interval however many connections are refused: a flood of
+    clients, the very thing the bound is for, must not become a flood of log lines."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._interval_s = interval_s
+        self._last = float("-inf")
+        self._unlogged = 0
+
+    def note(self, open_connections: int, limit: int) -> None:
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            return
+        log.warning(
+            "refused %d request(s) since the last note: %d connections open (the limit is %d)",
+            self._unlogged, open_connections, limit,
+        )
+        self._last = now
+        self._unlogged = 0
+
+
+class H11Bounded(H11HeaderTimeout):
+    """The header deadline plus the connection bound, refused with a JSON 503.
+
+    uvicorn's rule, kept: refuse when the open connections (this one included) or the
+    requests in flight (this one excluded) reach the limit. The check runs as the
+    request's ASGI task starts, when that task is already counted in ``tasks``."""
+
+    #: set on the subclass ``bounded_protocol`` builds
+    max_connections: int = 512
+    #: what a refused client is told to wait: idle kept-alive connections close by then
+    busy_retry_s: float = 5.0
+    refusals: RefusalLog
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served_app: ASGIApp = self.app
+        self.app = self._app_unless_busy
+
+    async def _app_unless_busy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.max_connections
+        if len(self.connections) >= limit or len(self.tasks) - 1 >= limit:
+            self.refusals.note(len(self.connections), limit)
+            refusal = error_response(
+                ApiError(
+                    "server_busy",
+                    f"The server has too many open connections (the limit is {limit}). "
+                    f"Try again in ~{self.busy_retry_s:g} s.",
+                    retry_after_s=self.busy_retry_s,
+                )
+            )
+            refusal.headers["Connection"] = "close"
+            await refusal(scope, receive, send)
+            return
+        await self._served_app(scope, receive, send)
+
+
+def bounded_protocol(header_timeout_s: float, max_connections: int, busy_retry_s: float) -> type[H11Bounded]:
     """A protocol class for ``uvicorn.Config(http=...)``: uvicorn instantiates the class
-    itself, so the timeout travels as a class attribute."""
-    return type("H11HeaderTimeout", (H11HeaderTimeout,), {"header_timeout_s": float(header_timeout_s)})
+    itself, so the bounds travel as class attributes."""
+    return type(
+        "H11Bounded",
+        (H11Bounded,),
+        {
+            "header_timeout_s": float(header_timeout_s),
+            "max_connections": int(max_connections),
+            "busy_retry_s": float(busy_retry_s),
+            "refusals": RefusalLog(),  # one per server: uvicorn makes a protocol per connection
+        },
+    )
 
 
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
-    """The ``uvicorn.Config`` keyword arguments that bound slow and numerous clients."""
+    """The ``uvicorn.Config`` keyword arguments that bound slow and numerous clients
+    (uvicorn's own ``limit_concurrency`` stays off: ``H11Bounded`` answers instead)."""
     return {
-        "http": header_timeout_protocol(settings.http_header_timeout_s),
+        "http": bounded_protocol(
+            settings.http_header_timeout_s, settings.http_max_connections, float(settings.http_keep_alive_s)
+        ),
         "timeout_keep_alive": settings.http_keep_alive_s,
-        "limit_concurrency": settings.http_max_connections,
     }

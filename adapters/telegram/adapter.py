@@ -65,6 +65,7 @@ class TelegramAdapter(AdapterBase):
             interval_s=config.chat_interval_s, group_per_minute=config.group_per_minute, clock=clock, sleep=sleep
         )
         self.outbox = Outbox(self.application.bot, self.pacer, sleep=sleep)
+        self.inbox.connect(self.outbox)
         self.deliveries = Deliveries(bot, self.outbox, config, clock=clock, sleep=sleep)
         Handlers(bot, self.outbox, self.deliveries).register(self.application)
         self._webhook: WebhookServer | None = None

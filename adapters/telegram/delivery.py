@@ -9,9 +9,9 @@ never posts its picture twice (``Bot.claim_undelivered`` hands each out once).
 
 A turn is marked delivered when its final state is shown, and also when the chat
 refuses the bot (403) or Telegram rejects the reply outright: retrying those after
-every restart would fail the same way forever. A reply the network kept from being
-shown, or one cut short by shutdown, stays undelivered and is finished after the next
-start.
+every restart would fail the same way forever. Network failures and "retry after" are
+waited out however long they last (``TelegramReply`` backs off); a reply cut short by
+shutdown stays undelivered and is finished after the next start.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ovbot.adapters.common.live_reply import ReplyView
 from ovbot.adapters.telegram.config import MESSAGE_LIMIT, PLATFORM, TelegramConfig
 from ovbot.adapters.telegram.errors import where
 from ovbot.adapters.telegram.outbox import ChatGone, Outbox, Place
-from ovbot.adapters.telegram.reply import DeliveryFailed, TelegramReply
+from ovbot.adapters.telegram.reply import TelegramReply
 from ovbot.core.bot import Bot, TurnHandle
 from ovbot.core.domain import JobKind, UserRef
 from ovbot.core.errors import OvbotError
@@ -214,8 +214,6 @@ class Deliveries:
         except ChatGone as exc:
             log.info("turn %s: %s; the reply is dropped", handle.job_id, exc)
             delivered = True
-        except DeliveryFailed as exc:
-            log.warning("turn %s: %s; it is continued after the next start", handle.job_id, exc)
         except (TelegramError, OvbotError) as exc:
             # Telegram (or the core) rejects this reply outright: trying again after
             # every restart would fail the same way

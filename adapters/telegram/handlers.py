@@ -36,7 +36,7 @@ from ovbot.adapters.telegram.commands import (
 from ovbot.adapters.telegram.config import CALLBACK_ANSWER_LIMIT, PLATFORM
 from ovbot.adapters.telegram.delivery import Deliveries, Origin
 from ovbot.adapters.telegram.errors import error_reply, where
-from ovbot.adapters.telegram.outbox import ChatGone, Outbox, Place
+from ovbot.adapters.telegram.outbox import ChatGone, Outbox, Place, place_of
 from ovbot.adapters.telegram.texts import (
     NOT_TEXT,
     REROLLING,
@@ -68,14 +68,6 @@ def user_ref(user: User) -> UserRef:
 
 def chat_ref(chat: Chat) -> ChatRef:
     return ChatRef(PLATFORM, str(chat.id))
-
-
-def place_of(message: Message) -> Place:
-    """Replies in groups answer the message (several people talk there); a forum topic
-    keeps its replies."""
-    thread = message.message_thread_id if message.is_topic_message else None
-    private = message.chat.type == Chat.PRIVATE
-    return Place(message.chat.id, thread, None if private else message.message_id)
 
 
 class Handlers:

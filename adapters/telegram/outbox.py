@@ -20,19 +20,22 @@ Nothing here logs message text: only chat ids, methods and Telegram's error text
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import warnings
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from telegram import Bot as TelegramBot
-from telegram import InlineKeyboardMarkup, InputFile, Message, ReplyParameters
+from telegram import Chat, InlineKeyboardMarkup, InputFile, Message, ReplyParameters
 from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.warnings import PTBDeprecationWarning
 
 from ovbot.adapters.common import RetryLater
+from ovbot.adapters.common.backoff import Backoff, backoff_delay
 from ovbot.adapters.telegram.pacing import ChatPacer
 
 log = logging.getLogger("ovbot.telegram")
@@ -40,9 +43,9 @@ log = logging.getLogger("ovbot.telegram")
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
-#: one-off sends: how often a 429 or a network error is waited out before giving up
+#: one call: how often a 429 or a network error is waited out before it raises (a
+#: one-off reply then goes on waiting, ``_post_one``; a live reply backs off itself)
 _MAX_ATTEMPTS = 5
-_NETWORK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 
 
 class ChatGone(Exception):
@@ -63,8 +66,8 @@ class DraftsRefused(Exception):
 
 
 class NetworkRetry(RetryLater):
-    """A network error while pushing a streamed state (counted by the reply, which gives
-    up after a few in a row)."""
+    """A network error while pushing a streamed state (the reply counts them in a row
+    and waits longer each time)."""
 
 
 class _NotModified(Exception):
@@ -85,6 +88,29 @@ class Place:
         return self.chat_id > 0
 
 
+def place_of(message: Message) -> Place:
+    """Replies in groups answer the message (several people talk there); a forum topic
+    keeps its replies."""
+    thread = message.message_thread_id if message.is_topic_message else None
+    private = message.chat.type == Chat.PRIVATE
+    return Place(message.chat.id, thread, None if private else message.message_id)
+
+
+#: a one-off reply: where, and the text
+OneOff = tuple[Place, str]
+Then = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Held:
+    """The one-off replies posted while one update is handled. ``open`` ends with the
+    handling: a task the handler started inherits the context, and must send its own
+    replies instead of adding them to a list nobody reads any more."""
+
+    replies: list[OneOff] = field(default_factory=list)
+    open: bool = True
+
+
 def retry_after_s(exc: RetryAfter) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PTBDeprecationWarning)
@@ -100,25 +126,71 @@ class Outbox:
         #: chats that refused the bot (403); a message from one opens it again
         self._gone: set[int] = set()
         self._posting: set[asyncio.Task[None]] = set()
+        #: the replies of the update being handled in this context (see ``holding``)
+        self._held: ContextVar[Held | None] = ContextVar(f"ovbot-telegram-held-{id(self)}", default=None)
 
     def post(self, place: Place, text: str) -> None:
-        """Send a one-off reply (a command's answer, an error) in the background.
+        """Send a one-off reply (a command's answer, an error) in the background, or,
+        inside ``holding``, keep it for the caller of ``holding`` to send.
 
         python-telegram-bot handles updates one at a time (so one chat's messages reach
         the core in order); a reply that waits for its chat's turn, or for a "retry
         after", must not hold up every other chat's updates meanwhile. Replies to one
         chat still go out in order: they queue on the chat's turn in the pacer."""
-        task = asyncio.create_task(self._post(place, text), name=f"ovbot-telegram-reply-{place.chat_id}")
+        held = self._held.get()
+        if held is not None and held.open:
+            held.replies.append((place, text))
+            return
+        self.post_all([(place, text)])
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[Held]:
+        """Keep the one-off replies posted in this context instead of sending them: the
+        inbox commits them with the update's "handled" mark, then sends them
+        (``post_all``), so a crash in between does not lose them."""
+        held = Held()
+        token = self._held.set(held)
+        try:
+            yield held
+        finally:
+            held.open = False
+            self._held.reset(token)
+
+    def post_all(self, replies: Sequence[OneOff], then: Then | None = None) -> None:
+        """Send ``replies`` in order in the background; then await ``then`` (also when
+        Telegram refused one for good: sending it again would fail again). A network
+        failure or a "retry after" is waited out however long it lasts, like a live
+        reply. Not when the send is cancelled (a stop's grace ran out): ``then`` is what
+        marks them sent, so the next start sends them."""
+        first = replies[0][0].chat_id if replies else 0
+        task = asyncio.create_task(self._post(list(replies), then), name=f"ovbot-telegram-reply-{first}")
         self._posting.add(task)
         task.add_done_callback(self._posting.discard)
 
-    async def _post(self, place: Place, text: str) -> None:
-        try:
-            await self.send_text(place, text)
-        except ChatGone:
-            pass
-        except Exception as exc:
-            log.warning("chat %s: a reply could not be sent: %s", place.chat_id, type(exc).__name__)
+    async def _post(self, replies: list[OneOff], then: Then | None) -> None:
+        for place, text in replies:
+            await self._post_one(place, text)
+        if then is not None:
+            await then()
+
+    async def _post_one(self, place: Place, text: str) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self.send_text(place, text)
+                return
+            except ChatGone:
+                return
+            except BadRequest as exc:  # refused for this text or chat: it would be refused again
+                log.warning("chat %s: Telegram refused a reply: %s", place.chat_id, type(exc).__name__)
+                return
+            except (NetworkError, RetryAfter) as exc:  # Telegram's bad minute, not the reply's
+                delay = backoff.failed()
+                log.info("chat %s: a reply waits %.0f s more (%s)", place.chat_id, delay, type(exc).__name__)
+                await self._sleep(delay)
+            except TelegramError as exc:
+                log.warning("chat %s: a reply could not be sent: %s", place.chat_id, type(exc).__name__)
+                return
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until the one-off replies are sent; drop the rest."""
@@ -272,6 +344,8 @@ class Outbox:
                     raise RetryLater(seconds) from None
                 if attempt >= _MAX_ATTEMPTS:
                     raise
+                if not paced:  # a paced call waits for the hold in the pacer
+                    await self._sleep(seconds)
             except ChatMigrated as exc:
                 # a group became a supergroup under a new id; new messages come from there
                 self._gone.add(chat_id)
@@ -301,7 +375,7 @@ class Outbox:
                     raise ChatGone(chat_id, exc.message) from None
                 raise
             except NetworkError as exc:  # timeouts included (BadRequest is handled above)
-                delay = _NETWORK_BACKOFF_S[min(attempt, len(_NETWORK_BACKOFF_S)) - 1]
+                delay = backoff_delay(attempt)
                 log.info("chat %s: %s failed (%s); retrying in %.0f s", chat_id, method, type(exc).__name__, delay)
                 if not wait:
                     raise NetworkRetry(delay) from None

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
+from ovbot.adapters.common.backoff import backoff_delay, until_done
 from ovbot.adapters.common.live_reply import PICTURE_ONLY, STARTING, THINKING, ReplyView
 from ovbot.adapters.common.render import RetryLater
 from ovbot.adapters.telegram.outbox import DraftsRefused, MessageGone, NetworkRetry, Outbox, Place
@@ -39,15 +40,8 @@ log = logging.getLogger("ovbot.telegram")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-#: network errors in a row after which a reply gives up (it stays undelivered and is
-#: continued after the next restart)
-MAX_NETWORK_FAILURES = 8
 #: the status texts a draft shows as Telegram's own animated "Thinking…"
 _PLACEHOLDERS = frozenset({THINKING, STARTING})
-
-
-class DeliveryFailed(Exception):
-    """The reply could not be shown (the network stayed down)."""
 
 
 class ReplyJournal(Protocol):
@@ -135,14 +129,19 @@ class TelegramReply:
         await self._network_guard(self._send_image(image))
 
     async def finish(self, view: ReplyView | None) -> None:
-        """The renderer is done: whatever is still only a draft is persisted."""
+        """The renderer is done: whatever is still only a draft is persisted (waiting
+        out a network failure or a "retry after" the way the renderer does)."""
+        await until_done(lambda: self._network_guard(self._finish()), self._sleep)
+
+    async def _finish(self) -> None:
+        # each flag is cleared once its work is done: a retry after a failure does the rest
         self._stop_refresher()
         if self._drop_after_photo and not self._photo_sent:  # no photo after all: say so
+            await self._persist(len(self._texts))
             self._drop_after_photo = False
-            await self._persist(len(self._texts))
         if self._drafting:
-            self._drafting = False
             await self._persist(len(self._texts))
+            self._drafting = False
 
     def close(self) -> None:
         self._closed = True
@@ -150,13 +149,13 @@ class TelegramReply:
 
     # ------------------------------------------------------------------ internals
     async def _network_guard(self, work: Awaitable[None]) -> None:
+        """A network failure waits longer the more of them came in a row; the reply
+        never gives up (a stop leaves it for the next start)."""
         try:
             await work
         except NetworkRetry:
             self._failures += 1
-            if self._failures >= MAX_NETWORK_FAILURES:
-                raise DeliveryFailed(f"chat {self._place.chat_id}: the network kept failing") from None
-            raise
+            raise NetworkRetry(backoff_delay(self._failures)) from None
         self._failures = 0
 
     async def _show(self, index: int, text: str) -> None:

@@ -18,6 +18,8 @@ WELCOME = (
 )
 UNEXPECTED = "⚠️ Something went wrong on my side. Please try again."
 NOT_TEXT = "I can only read text messages."
+#: an update whose handling failed (crashed the bot) every time it was tried
+NOT_PROCESSED = "⚠️ Sorry, your last message could not be processed, so it was dropped. Please send it again, or try something else."
 REROLL_BUTTON = "🎲 Re-roll"
 REROLLING = "🎲 Re-rolling…"
 REROLL_PREFIX = "reroll:"

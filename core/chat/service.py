@@ -34,6 +34,7 @@ from ovbot.core.jobs.base import EventSink, JobQueue
 from ovbot.core.jobs.base import JobOutcome
 from ovbot.core.prompts import PromptBuilder
 from ovbot.core.store.base import Store
+from ovbot.core.text import NOT_UNICODE, is_unicode
 from ovbot.core.turns import REASONING_MODES, ReasoningMode
 
 
@@ -172,6 +173,8 @@ class ChatService:
         text = message.strip()
         if not text:
             raise InvalidInput("message", "is empty; write something to send")
+        if not is_unicode(text):
+            raise InvalidInput("message", NOT_UNICODE)
         limit = self._settings.max_message_chars
         if len(text) > limit:
             raise InvalidInput("message", f"is {len(text)} characters long; the limit is {limit}")
@@ -186,6 +189,8 @@ class ChatService:
     async def set_persona(self, user: UserRef, chat: ChatRef, persona: str | None) -> None:
         """Set (or with None/blank clear) the chat's persona, added to the system prompt."""
         text = (persona or "").strip()
+        if not is_unicode(text):
+            raise InvalidInput("persona", NOT_UNICODE)
         limit = self._settings.max_persona_chars
         if len(text) > limit:
             raise InvalidInput("persona", f"is {len(text)} characters long; the limit is {limit}")

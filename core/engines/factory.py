@@ -8,6 +8,7 @@ traceback, while ``Core().available_devices`` tells in a fraction of a second.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,7 +38,20 @@ def worker_config(settings: Settings, llm_dir: Path | None, image_dir: Path | No
         image_max_pause_s=settings.image_max_pause_s,
         compile_cache_dir=str(settings.compile_cache_dir) if settings.compile_cache_dir else None,
         image_model_name=image_dir.name if image_dir else "",
+        log_level=child_log_level(),
     )
+
+
+def child_log_level() -> str:
+    """The level this process really logs at (``OVBOT_LOG_LEVEL`` or ``--log-level``),
+    as one of the names the engine processes accept. They get no secret values to
+    redact: they never hold one (they get model directories and prompts, never a
+    token), and the token-shaped patterns still apply to whatever an error carries."""
+    level = logging.getLogger().getEffectiveLevel()
+    for name in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        if level <= logging.getLevelName(name):
+            return name
+    return "ERROR"
 
 
 def openvino_devices() -> list[str]:

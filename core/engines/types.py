@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ovbot.core.errors import BadParameter
+from ovbot.core.text import NOT_UNICODE, is_unicode
 
 Role = Literal["system", "user", "assistant"]
 DeltaKind = Literal["reasoning", "content"]
@@ -139,6 +140,9 @@ class ImageRequest:
         prompt = self.prompt.strip()
         if not prompt:
             raise BadParameter("prompt", "must not be empty")
+        for name, text in (("prompt", prompt), ("negative_prompt", self.negative_prompt)):
+            if not is_unicode(text):
+                raise BadParameter(name, NOT_UNICODE)
         if len(prompt) > limits.max_prompt_chars:
             raise BadParameter(
                 "prompt", f"is {len(prompt)} characters; the limit is {limits.max_prompt_chars}"

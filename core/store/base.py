@@ -134,7 +134,20 @@ class Store(Protocol):
     async def unhandled_updates(self, platform: str) -> list[tuple[int, str]]:
         """Stored updates not marked handled, as ``(update_id, payload)``, in id order."""
 
-    async def mark_update_handled(self, platform: str, update_id: int, at: float) -> None: ...
+    async def count_update_attempt(self, platform: str, update_id: int) -> int:
+        """One more try at handling a stored, unhandled update, committed on return; the
+        tries so far including this one (0: no such unhandled update)."""
+
+    async def mark_update_handled(
+        self, platform: str, update_id: int, at: float, *, replies: str | None = None, abandoned: bool = False
+    ) -> None:
+        """Handled (``abandoned``: given up after too many tries), together with the
+        one-off ``replies`` still to send (adapter JSON), in one commit."""
+
+    async def unsent_replies(self, platform: str) -> list[tuple[int, str]]:
+        """``(update_id, replies)`` of handled updates whose replies were not sent yet."""
+
+    async def mark_replies_sent(self, platform: str, update_id: int) -> None: ...
 
     async def prune_updates(self, before: float) -> int:
         """Delete updates handled before ``before``; how many."""

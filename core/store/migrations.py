@@ -161,10 +161,23 @@ CREATE TABLE platform_updates (
 CREATE INDEX platform_updates_handled ON platform_updates(platform, handled_at);
 """
 
+# An update whose handling kills the process would be replayed at every start forever:
+# ``attempts`` is counted (committed) before each try, and past the bound the update is
+# given up (``abandoned_at``, also handled). ``replies`` holds the one-off replies its
+# handler produced (adapter JSON), committed with ``handled_at`` and cleared once sent:
+# a crash between the two no longer loses them, the next start sends them.
+_V4_UPDATE_ATTEMPTS_AND_REPLIES = """
+ALTER TABLE platform_updates ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE platform_updates ADD COLUMN abandoned_at REAL;
+ALTER TABLE platform_updates ADD COLUMN replies TEXT;
+CREATE INDEX platform_updates_unsent ON platform_updates(platform, update_id) WHERE replies IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     (1, _V1_INITIAL),
     (2, _V2_ADAPTER_API),
     (3, _V3_PLATFORM_UPDATES),
+    (4, _V4_UPDATE_ATTEMPTS_AND_REPLIES),
 )
 
 

@@ -418,17 +418,43 @@ class SQLiteStore:
         return fresh
 
     async def unhandled_updates(self, platform: str) -> list[tuple[int, str]]:
+        return await self._update_texts(platform, "payload", "handled_at IS NULL")
+
+    async def count_update_attempt(self, platform: str, update_id: int) -> int:
+        async with self._transaction() as conn:
+            row = await _one(
+                conn,
+                "UPDATE platform_updates SET attempts = attempts + 1 "
+                "WHERE platform = ? AND update_id = ? AND handled_at IS NULL RETURNING attempts",
+                (platform, int(update_id)),
+            )
+        return 0 if row is None else int(row[0])
+
+    async def mark_update_handled(
+        self, platform: str, update_id: int, at: float, *, replies: str | None = None, abandoned: bool = False
+    ) -> None:
+        await self._write(
+            "UPDATE platform_updates SET handled_at = ?, replies = ?, abandoned_at = ? "
+            "WHERE platform = ? AND update_id = ? AND handled_at IS NULL",
+            (at, replies, at if abandoned else None, platform, int(update_id)),
+        )
+
+    async def unsent_replies(self, platform: str) -> list[tuple[int, str]]:
+        return await self._update_texts(platform, "replies", "replies IS NOT NULL")
+
+    async def _update_texts(self, platform: str, column: str, condition: str) -> list[tuple[int, str]]:
+        """``(update_id, column)`` of the platform's updates meeting ``condition``, in id
+        order; ``column`` and ``condition`` are this module's constants, never input."""
         rows = await self._read_all(
-            "SELECT update_id, payload FROM platform_updates "
-            "WHERE platform = ? AND handled_at IS NULL ORDER BY update_id",
+            f"SELECT update_id, {column} FROM platform_updates WHERE platform = ? AND {condition} ORDER BY update_id",
             (platform,),
         )
         return [(int(row[0]), str(row[1])) for row in rows]
 
-    async def mark_update_handled(self, platform: str, update_id: int, at: float) -> None:
+    async def mark_replies_sent(self, platform: str, update_id: int) -> None:
         await self._write(
-            "UPDATE platform_updates SET handled_at = ? WHERE platform = ? AND update_id = ? AND handled_at IS NULL",
-            (at, platform, int(update_id)),
+            "UPDATE platform_updates SET replies = NULL WHERE platform = ? AND update_id = ?",
+            (platform, int(update_id)),
         )
 
     async def prune_updates(self, before: float) -> int:

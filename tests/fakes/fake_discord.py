@@ -20,12 +20,20 @@ minutes after the interaction's snowflake time (401, code 50027); the first foll
 after a deferred response fills the deferred message; ephemeral messages cannot be
 edited through the channel routes. Every unhandled route answers a loud JSON 404 and is
 recorded in ``unhandled``.
+
+Bad days: ``storms.start`` (see ``storm.py``) fails a share of the REST calls for a while
+(429, 500/502/503, hangs, dropped connections); ``gateway_storm`` keeps closing the
+gateway with codes that resume and codes that force a new session. The fake measures
+what Discord would hold against the bot: requests to a bucket inside its 429 window
+(``calls_in_429_window``, also a violation), invalid requests and per-channel message
+rates (``rates``), and user events lost to a new session (``lost_events``). Channel
+sends honour ``nonce`` with ``enforce_nonce`` as Discord does: a send repeating a recent
+nonce gets the message made with it instead of a new one (``nonce_hits``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import itertools
@@ -39,6 +47,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes.storm import LOST_ANSWER, Storms, drop, hang_then_drop, max_in_window
+from tests.sentinels import DISCORD_INTERACTION_PREFIX, discord_token
 
 API = "/api/v10"
 DISCORD_EPOCH_MS = 1420070400000
@@ -61,8 +72,7 @@ def snowflake_time(snowflake: int) -> float:
 
 def make_token(user_id: int) -> str:
     """A bot token shaped like Discord's: base64(user id) . timestamp . hmac."""
-    head = base64.b64encode(str(user_id).encode()).decode().rstrip("=")
-    return f"{head}.GfAkEd.{secrets.token_urlsafe(27)}"
+    return discord_token(user_id)  # a sentinel: tests/sentinel_check.py fails a test that logs it
 
 
 def iso(when: float) -> str:
@@ -86,6 +96,23 @@ class Call:
     query: dict[str, str] = field(default_factory=dict)
     #: time.monotonic() when it was answered
     at: float = field(default_factory=time.monotonic)
+    #: the storm fault that hit it ("429", "503", "timeout", "drop", ...), if any
+    fault: str | None = None
+    #: the channel a message route posts in or edits (webhook routes: the interaction's)
+    channel_id: int | None = None
+
+
+#: routes that create or change a message (counted for the per-channel message rate)
+MESSAGE_ROUTES = frozenset(
+    {"callback", "edit_original", "followup", "edit_followup", "channel_send", "channel_edit"}
+)
+#: statuses Discord counts as invalid requests (10,000 in 10 minutes: banned at the edge)
+INVALID_STATUSES = frozenset({401, 403, 429})
+#: how long Discord remembers a message nonce sent with ``enforce_nonce`` ("a few minutes")
+NONCE_WINDOW_S = 120.0
+#: gateway close codes after which Discord lets the session resume / forces a new one
+RESUMABLE_CLOSES = (4000, 4008)
+NEW_SESSION_CLOSES = (4007, 4009)
 
 
 @dataclass
@@ -172,10 +199,21 @@ class FakeInteraction:
     response_type: int | None = None
     original_id: int | None = None
     ephemeral: bool = False
+    #: ``time.monotonic()`` when INTERACTION_CREATE went out, and when the first callback
+    #: (defer or answer) came in: Discord drops an interaction not answered within 3 s
+    dispatched_at: float | None = None
+    acknowledged_at: float | None = None
 
     @property
     def created_at(self) -> float:
         return snowflake_time(self.id)
+
+    @property
+    def ack_s(self) -> float | None:
+        """Seconds from the dispatch to the first callback (None: none yet)."""
+        if self.dispatched_at is None or self.acknowledged_at is None:
+            return None
+        return self.acknowledged_at - self.dispatched_at
 
 
 @dataclass
@@ -183,6 +221,7 @@ class Failure:
     status: int
     body: Json
     headers: dict[str, str]
+    fault: str | None = None
 
 
 @dataclass
@@ -230,8 +269,16 @@ class FakeDiscord:
         app_id: int = 876543210987654321,
         guilds: dict[int, list[int]] | None = None,
         roles: dict[int, list[int]] | None = None,
+        send_limit: tuple[int, float] | None = None,
     ) -> None:
         self.app_id = app_id
+        #: (messages, seconds): a channel's bucket for creating messages, kept the way
+        #: Discord keeps it (X-RateLimit-* headers on every send, 429 once it is empty);
+        #: None: no per-route limit (only injected 429s)
+        self.send_limit = send_limit
+        self._sends: dict[int, deque[float]] = {}
+        #: sends refused because the channel's bucket was empty
+        self.send_limit_hits = 0
         self.token = make_token(app_id)
         self.bot_user: Json = {
             "id": str(app_id),
@@ -272,6 +319,22 @@ class FakeDiscord:
         self._seq = 0
         self._events: list[Json] = []  # dispatched in this session, for RESUME
         self._changed = asyncio.Condition()
+        #: storms of REST faults (``storms.start``, see ``storm.py``)
+        self.storms = Storms()
+        #: requests made to a bucket while a 429's retry_after for it had not passed
+        self.calls_in_429_window = 0
+        self._limited_until: dict[tuple[str, str], float] = {}
+        #: gateway close code -> times the fake closed the connection with it
+        self.gateway_drops: dict[int, int] = {}
+        #: user events (interactions, messages) no connection ever received: sent while
+        #: the client was away and then dropped because it had to start a new session
+        self.lost_events = 0
+        self._live: web.WebSocketResponse | None = None
+        #: (channel, nonce) -> the message created with it (``enforce_nonce``)
+        self._nonces: dict[tuple[int, str], FakeMessage] = {}
+        #: channel sends answered with the message an earlier send made (same nonce)
+        self.nonce_hits = 0
+        self._resume_seq: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> FakeDiscord:
@@ -310,14 +373,16 @@ class FakeDiscord:
     def fail(self, route: str, status: int, *, times: int = 1, retry_after: float = 0.05, code: int = 0) -> None:
         """The next ``times`` calls of ``route`` fail with ``status`` (429s the way
         Discord sends them: ``Via`` header, ``retry_after`` in the body)."""
-        if status == 429:
-            body: Json = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
-            headers = {"Via": "1.1 google", "Retry-After": str(max(1, round(retry_after)))}
-        else:
-            body, headers = {"message": f"{status}: injected", "code": code}, {}
         queue = self._failures.setdefault(route, deque())
         for _ in range(times):
-            queue.append(Failure(status, body, headers))
+            if status == 429:
+                queue.append(_rate_limited(retry_after))
+            else:
+                queue.append(Failure(status, {"message": f"{status}: injected", "code": code}, {}))
+
+    def clear_failures(self) -> None:
+        """Drop the failures ``fail`` queued that no call has met yet."""
+        self._failures.clear()
 
     def calls_of(self, *routes: str) -> list[Call]:
         return [c for c in self.calls if c.route in routes]
@@ -337,6 +402,17 @@ class FakeDiscord:
     def replies_to(self, token: str) -> list[FakeMessage]:
         """Every message an interaction's token created (original first)."""
         return [m for m in self.messages.values() if m.interaction_token == token]
+
+    def replies_by_origin(self, channel_id: int) -> dict[str | int | None, list[FakeMessage]]:
+        """The bot's visible messages in ``channel_id`` by what each answers: the
+        interaction token of a slash command's response or follow-up, the id of the
+        user's message it replies to, None for neither (a picture posted through the
+        channel after a restart): how a test counts the final deliveries of each turn."""
+        grouped: dict[str | int | None, list[FakeMessage]] = {}
+        for message in self.channel_messages(channel_id):
+            origin = message.interaction_token if message.interaction_token is not None else message.reference_id
+            grouped.setdefault(origin, []).append(message)
+        return grouped
 
     async def wait_for(self, check: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
         """Wait (bounded) until ``check()`` is truthy; re-checked on every request."""
@@ -471,7 +547,7 @@ class FakeDiscord:
             channel, channel_type = self.dm_channel(user), 1
         else:
             channel, channel_type = channel_id or self.guilds[guild_id][0], 0
-        token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(40)
+        token = DISCORD_INTERACTION_PREFIX + secrets.token_urlsafe(32)
         interaction = FakeInteraction(
             id=snowflake_at(created_at if created_at is not None else self.now(), next(self._ids)),
             token=token,
@@ -508,6 +584,7 @@ class FakeDiscord:
             payload["message"] = message
         interaction.payload = payload
         if dispatch:
+            interaction.dispatched_at = time.monotonic()
             await self.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
@@ -530,6 +607,38 @@ class FakeDiscord:
     @property
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed
+
+    @property
+    def session_live(self) -> bool:
+        """Connected and past READY or RESUMED: an event sent now reaches the client."""
+        return self._live is not None and self._live is self._ws and not self._live.closed
+
+    async def disconnect(self, code: int) -> None:
+        """Close the gateway with ``code``; after a code that forces a new session
+        (4007 invalid seq, 4009 session timed out) the client's RESUME is refused
+        (op 9) and it must IDENTIFY again."""
+        if code in NEW_SESSION_CLOSES:
+            self._session_id = "invalidated"
+        self.gateway_drops[code] = self.gateway_drops.get(code, 0) + 1
+        await self.drop_gateway(code)
+
+    async def gateway_storm(
+        self, seconds: float, *, every_s: float = 1.0, codes: tuple[int, ...] = (4000, 4009, 4008, 4007)
+    ) -> None:
+        """For ``seconds``, close the gateway ``every_s`` after each (re)connection,
+        cycling through ``codes`` (resumable and new-session ones)."""
+        deadline = time.monotonic() + seconds
+        for code in itertools.cycle(codes):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(AssertionError):
+                await self.wait_for(lambda: self.session_live, remaining, what="the gateway session")
+            await asyncio.sleep(every_s)
+            if time.monotonic() >= deadline:
+                return
+            if self.connected:
+                await self.disconnect(code)
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True)
@@ -559,14 +668,17 @@ class FakeDiscord:
                 await ws.close(code=4004, message=b"Authentication failed.")
                 return
             self.identifies += 1
+            self._count_lost(self._resume_seq or 0)
             self._session_id = secrets.token_hex(16)
             self._seq = 0
             self._events = []
             await self.dispatch("READY", self._ready())
             for guild_id in self.guilds:
                 await self.dispatch("GUILD_CREATE", self._guild(guild_id))
+            self._live = ws
         elif op == 6:
             if data.get("token") != self.token or data.get("session_id") != self._session_id:
+                self._resume_seq = int(data.get("seq") or 0)
                 await ws.send_str(json.dumps({"op": 9, "d": False}))
                 return
             self.resumes += 1
@@ -575,6 +687,15 @@ class FakeDiscord:
                 if frame["s"] > seen:
                     await ws.send_str(json.dumps(frame))
             await self.dispatch("RESUMED", {})
+            self._live = ws
+
+    def _count_lost(self, seen: int) -> None:
+        """A new session starts: the user events of the old one the client never saw
+        are gone (Discord does not send them again)."""
+        self.lost_events += sum(
+            1 for f in self._events if f["s"] > seen and f["t"] in ("INTERACTION_CREATE", "MESSAGE_CREATE")
+        )
+        self._resume_seq = None
 
     def _ready(self) -> Json:
         return {
@@ -642,8 +763,22 @@ class FakeDiscord:
     # ------------------------------------------------------------------ REST plumbing
     def _handler(self, name: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
+            arrived = time.monotonic()
+            bucket = _bucket(name, request)
+            self._check_rate_limit_window(bucket, arrived)
             body, files = await _read_body(request)
-            failure = self._next_failure(name)
+            try:
+                failure = await self._storm_fault(name, request, arrived)
+                lose_answer = failure is not None and failure.fault == LOST_ANSWER
+                if failure is None or lose_answer:  # the request is carried out, if it may be
+                    failure = self._next_failure(name) or self._over_send_limit(name, request, arrived)
+                    lose_answer = lose_answer and failure is None
+            except _Dropped as dropped:
+                call = Call(name, request.method, request.path, body, files, 0, dict(request.query))
+                call.fault = dropped.fault
+                self.calls.append(call)
+                await self._notify()
+                return web.Response(status=204)  # never written: the connection is gone
             headers: dict[str, str] = {}
             if failure is not None:
                 status, reply, headers = failure.status, failure.body, failure.headers
@@ -652,8 +787,17 @@ class FakeDiscord:
                     status, reply = await getattr(self, "_" + name)(request, body, files)
                 except _Refused as refused:
                     status, reply = refused.status, refused.body
-            self.calls.append(Call(name, request.method, request.path, body, files, status, dict(request.query)))
+            headers = {**headers, **self._send_limit_headers(name, request, arrived)}
+            call = Call(name, request.method, request.path, body, files, status, dict(request.query))
+            call.fault = LOST_ANSWER if lose_answer else failure.fault if failure is not None else None
+            call.channel_id = self._call_channel(request) if name in MESSAGE_ROUTES else None
+            self.calls.append(call)
+            if status == 429 and isinstance(reply, dict):
+                self._limited_until[bucket] = arrived + float(reply.get("retry_after", 0))
             await self._notify()
+            if lose_answer:
+                drop(request)
+                return web.Response(status=204)  # never written: the answer is lost
             if status == 204 or reply is None:
                 return web.Response(status=204 if status < 300 else status, headers=headers)
             return web.Response(
@@ -661,6 +805,89 @@ class FakeDiscord:
             )
 
         return handle
+
+    def _check_rate_limit_window(self, bucket: tuple[str, str], now: float) -> None:
+        until = self._limited_until.get(bucket)
+        if until is not None and now < until:
+            self.calls_in_429_window += 1
+            self.violations.append(f"{bucket[0]} {until - now:.2f} s before its 429's retry_after passed")
+
+    async def _storm_fault(self, name: str, request: web.Request, now: float) -> Failure | None:
+        hit = self.storms.pick(name, now)
+        if hit is None:
+            return None
+        fault, storm = hit
+        if fault == "429":
+            failure = _rate_limited(storm.retry_after)
+        elif fault in ("500", "502", "503"):
+            failure = Failure(int(fault), {"message": f"{fault}: storm", "code": 0}, {})
+        elif fault == LOST_ANSWER:
+            failure = Failure(0, {}, {})
+        else:
+            if fault == "timeout":
+                await hang_then_drop(request, storm.hang_s)
+            drop(request)
+            raise _Dropped(fault)
+        failure.fault = fault
+        return failure
+
+    def _send_window(self, name: str, request: web.Request, now: float) -> deque[float] | None:
+        if self.send_limit is None or name != "channel_send":
+            return None
+        window = self._sends.setdefault(int(request.match_info["channel"]), deque())
+        while window and window[0] <= now - self.send_limit[1]:
+            window.popleft()
+        return window
+
+    def _over_send_limit(self, name: str, request: web.Request, now: float) -> Failure | None:
+        """A send the channel's bucket has no room for gets Discord's 429; others count."""
+        window = self._send_window(name, request, now)
+        if window is None or self.send_limit is None:
+            return None
+        if len(window) >= self.send_limit[0]:
+            self.send_limit_hits += 1
+            return _rate_limited(window[0] + self.send_limit[1] - now)
+        window.append(now)
+        return None
+
+    def _send_limit_headers(self, name: str, request: web.Request, now: float) -> dict[str, str]:
+        window = self._send_window(name, request, now)
+        if window is None or self.send_limit is None:
+            return {}
+        limit, per_s = self.send_limit
+        reset_after = (window[0] + per_s - now) if window else per_s
+        return {
+            "X-RateLimit-Bucket": "channel-send",
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - len(window))),
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+        }
+
+    def _call_channel(self, request: web.Request) -> int | None:
+        if "channel" in request.match_info:
+            return int(request.match_info["channel"])
+        interaction = self.interactions.get(request.match_info.get("token", ""))
+        return None if interaction is None else interaction.channel_id
+
+    def rates(self) -> dict[str, int]:
+        """The figures Discord's rules are stated in: invalid requests (401/403/429)
+        within any 10 minutes, requests within any second (global limit: 50), message
+        creates and edits (any route, failed ones included) and channel message creates
+        that succeeded, in one channel within any 5 s."""
+        invalid = sorted(c.at for c in self.calls if c.status in INVALID_STATUSES)
+        per_channel: dict[int, list[float]] = {}
+        sends: dict[int, list[float]] = {}
+        for call in self.calls:
+            if call.channel_id is not None:
+                per_channel.setdefault(call.channel_id, []).append(call.at)
+                if call.route == "channel_send" and call.status < 300:
+                    sends.setdefault(call.channel_id, []).append(call.at)
+        return {
+            "invalid_per_10min": max_in_window(invalid, 600.0),
+            "overall_max_per_s": max_in_window(sorted(c.at for c in self.calls), 1.0),
+            "channel_max_per_5s": max((max_in_window(sorted(t), 5.0) for t in per_channel.values()), default=0),
+            "channel_sends_max_per_5s": max((max_in_window(sorted(t), 5.0) for t in sends.values()), default=0),
+        }
 
     def _next_failure(self, name: str) -> Failure | None:
         queue = self._failures.get(name)
@@ -795,6 +1022,8 @@ class FakeDiscord:
         interaction = self.interactions.get(request.match_info["token"])
         if interaction is None or str(interaction.id) != request.match_info["id"]:
             raise _Refused(404, {"message": "Unknown interaction", "code": 10062})
+        if interaction.acknowledged_at is None:
+            interaction.acknowledged_at = time.monotonic()
         if interaction.response_type is not None:
             raise _Refused(400, {"message": "Interaction has already been acknowledged.", "code": 40060})
         kind = int(body["type"])
@@ -880,7 +1109,14 @@ class FakeDiscord:
     async def _channel_send(self, request: web.Request, body: Any, files: list[tuple[str, bytes]]) -> tuple[int, Any]:
         self._bot_auth(request)
         channel_id = int(request.match_info["channel"])
+        nonce = str(body.get("nonce")) if body.get("enforce_nonce") and body.get("nonce") is not None else None
+        earlier = self._nonces.get((channel_id, nonce)) if nonce is not None else None
+        if earlier is not None and self.now() - snowflake_time(earlier.id) < NONCE_WINDOW_S:
+            self.nonce_hits += 1
+            return 200, earlier.to_json()  # Discord: the message made with that nonce, not a new one
         message = FakeMessage(self._snowflake(), channel_id, self._channel_guild(channel_id), self.bot_user)
+        if nonce is not None:
+            self._nonces[(channel_id, nonce)] = message
         reference = body.get("message_reference")
         if reference is not None:
             referenced = self.messages.get(int(reference["message_id"]))
@@ -914,6 +1150,26 @@ class FakeDiscord:
 async def _ack(ws: web.WebSocketResponse) -> None:
     if not ws.closed:
         await ws.send_str(json.dumps({"op": 11}))
+
+
+def _rate_limited(retry_after: float) -> Failure:
+    """A 429 the way Discord sends it: ``Via`` header, ``retry_after`` in the body."""
+    body: Json = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+    return Failure(429, body, {"Via": "1.1 google", "Retry-After": str(max(1, round(retry_after)))})
+
+
+def _bucket(name: str, request: web.Request) -> tuple[str, str]:
+    """A rate-limit bucket as discord.py keys it: the route and its major parameter."""
+    info = request.match_info
+    return name, info.get("channel") or info.get("token") or info.get("guild") or info.get("app") or ""
+
+
+class _Dropped(Exception):
+    """The fake closes the connection without an answer."""
+
+    def __init__(self, fault: str) -> None:
+        super().__init__(fault)
+        self.fault = fault
 
 
 class _Refused(Exception):

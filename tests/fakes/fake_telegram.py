@@ -6,15 +6,19 @@ see ../shared/notes/platform-fakes.md) and keeps what a chat would show: the bot
 messages with their edits, drafts, photos, documents, deletions, and the users'
 messages that tests inject (long polling, or pushed to a webhook with its secret).
 
-Tests can queue failures per method (429 with ``retry_after``, 400, 403, 5xx) and block
-a chat (every message call there answers 403 "bot was blocked by the user").
+Tests can queue failures per method (429 with ``retry_after``, 400, 403, 5xx), block
+a chat (every message call there answers 403 "bot was blocked by the user"), and start
+a storm (``storms.start``, see ``storm.py``): for a while a share of the calls answer
+429, 500/502/503, hang or lose their connection; ``rates()`` reports the rates seen.
 
 It also checks what the real Telegram would punish or refuse, and records each breach
 in ``violations`` (``assert_clean`` fails the test with them):
 
 - message calls (send, edit, draft, photo, document) in one chat closer than
   ``min_gap_s`` (Telegram: ~1 per second per chat), more than ``group_per_minute`` in a
-  group within 60 s, or any before an announced ``retry_after`` has passed;
+  group within 60 s, more than ``overall_per_second`` in all chats within a second;
+- any call in a chat (or, without a chat, of a method) before an announced
+  ``retry_after`` has passed (also counted in ``calls_in_retry_window``);
 - text or captions that would not parse: empty, over 4096 / 1024 UTF-16 units, a parse
   mode whose markup is broken; callback data over 64 bytes; drafts outside private chats;
 - any method or route it does not know (also answered with a loud JSON 404).
@@ -36,7 +40,10 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-TOKEN = "123456789:AAHfake-token_for-the-tests-0123456789"
+from tests.fakes.storm import LOST_ANSWER, Storms, drop, hang_then_drop, max_in_window, min_gap
+from tests.sentinels import TELEGRAM_TOKEN
+
+TOKEN = TELEGRAM_TOKEN  # a sentinel: tests/sentinel_check.py fails a test that logs it
 BOT_ID = 123456789
 BOT_USERNAME = "ovbot_test_bot"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -65,6 +72,8 @@ class Call:
     at: float
     chat_id: int | None
     status: int = 200
+    #: the storm fault that hit it ("429", "500", "timeout", "drop", ...), if any
+    fault: str | None = None
 
     def json(self, name: str) -> Any:
         value = self.params.get(name)
@@ -123,6 +132,7 @@ class FakeTelegram:
         username: str = BOT_USERNAME,
         min_gap_s: float = 0.9,
         group_per_minute: int = 20,
+        overall_per_second: int = 30,
         drafts: bool = True,
     ) -> None:
         self.token = token
@@ -137,6 +147,14 @@ class FakeTelegram:
         }
         self.min_gap_s = min_gap_s
         self.group_per_minute = group_per_minute
+        self.overall_per_second = overall_per_second
+        #: storms of faults for a while (``storms.start``); what they injected
+        self.storms = Storms()
+        #: calls made while a retry_after announced for their chat (or, for calls
+        #: without a chat, their method) had not passed
+        self.calls_in_retry_window = 0
+        self._method_retry_until: dict[str, float] = {}
+        self._recent_message_calls: deque[float] = deque()
         #: False: behave like a Bot API server without sendMessageDraft (404)
         self.drafts_supported = drafts
         self.calls: list[Call] = []
@@ -341,6 +359,15 @@ class FakeTelegram:
     def texts(self, chat_id: int) -> list[str]:
         return [m.body for m in self.bot_messages(chat_id)]
 
+    def replies_by_origin(self, chat_id: int) -> dict[int | None, list[Posted]]:
+        """The bot's visible messages in ``chat_id`` by the message each replies to
+        (None: none, as in private chats), oldest first: how a test counts the final
+        deliveries of each turn (a reply posted twice shows up twice)."""
+        grouped: dict[int | None, list[Posted]] = {}
+        for message in self.bot_messages(chat_id):
+            grouped.setdefault(message.reply_to, []).append(message)
+        return grouped
+
     async def wait_until(self, check: Callable[[], T], timeout: float = 60.0, what: str = "a condition") -> T:
         """Bounded wait for ``check()`` to be truthy (re-checked at every call)."""
         deadline = time.monotonic() + timeout
@@ -379,17 +406,26 @@ class FakeTelegram:
         call = Call(method, params, files, time.monotonic(), chat_id)
         self.calls.append(call)
         try:
-            response = await self._dispatch(call)
+            response = await self._dispatch(call, request)
         except _ApiError as error:
             response = _error(error.code, error.description, error.parameters)
+        except _Dropped:
+            drop(request)
+            self._notify()
+            return web.Response(status=204)  # never written: the connection is gone
         call.status = response.status
         self._notify()
+        if call.fault == LOST_ANSWER:
+            drop(request)
+            return web.Response(status=204)  # never written: the answer is lost
         return response
 
-    async def _dispatch(self, call: Call) -> web.Response:
+    async def _dispatch(self, call: Call, request: web.Request) -> web.Response:
         method = call.method
+        self._check_retry_window(call)
         if method in MESSAGE_METHODS and call.chat_id is not None:
             self._check_pace(call)
+        await self._storm_fault(call, request)
         failure = self._take_failure(call)
         if failure is not None:
             if failure.retry_after is not None and call.chat_id is not None:
@@ -426,9 +462,12 @@ class FakeTelegram:
                 f"(at most one per {self.min_gap_s:g} s)"
             )
         self._last_message_call[chat_id] = now
-        until = self._retry_until.get(chat_id)
-        if until is not None and now < until:
-            self.violations.append(f"{call.method} in chat {chat_id} {until - now:.2f} s before retry_after passed")
+        overall = self._recent_message_calls
+        while overall and overall[0] <= now - 1.0:
+            overall.popleft()
+        overall.append(now)
+        if len(overall) > self.overall_per_second:
+            self.violations.append(f"{len(overall)} message calls within a second (at most {self.overall_per_second})")
         if chat_id < 0:
             window = self._group_calls.setdefault(chat_id, deque())
             while window and window[0] <= now - 60.0:
@@ -436,6 +475,56 @@ class FakeTelegram:
             window.append(now)
             if len(window) > self.group_per_minute:
                 self.violations.append(f"{len(window)} message calls in group {chat_id} within a minute")
+
+    def _check_retry_window(self, call: Call) -> None:
+        if call.chat_id is not None:
+            until, scope = self._retry_until.get(call.chat_id), f"chat {call.chat_id}"
+        else:
+            until, scope = self._method_retry_until.get(call.method), f"method {call.method}"
+        if until is not None and call.at < until:
+            self.calls_in_retry_window += 1
+            self.violations.append(f"{call.method} in {scope} {until - call.at:.2f} s before retry_after passed")
+
+    async def _storm_fault(self, call: Call, request: web.Request) -> None:
+        """Fail ``call`` the way a storm says, if one hits it."""
+        hit = self.storms.pick(call.method, call.at)
+        if hit is None:
+            return
+        fault, storm = hit
+        call.fault = fault
+        if fault == LOST_ANSWER:
+            return  # the call is carried out; ``_handle`` loses its answer
+        if fault == "429":
+            seconds = max(1, round(storm.retry_after))
+            if call.chat_id is not None:
+                self._retry_until[call.chat_id] = call.at + seconds
+            else:
+                self._method_retry_until[call.method] = call.at + seconds
+            raise _ApiError(429, f"Too Many Requests: retry after {seconds}", {"retry_after": seconds})
+        if fault in ("500", "502", "503"):
+            raise _ApiError(int(fault), _SERVER_ERRORS[fault])
+        call.status = 0
+        if fault == "timeout":
+            self._notify()
+            await hang_then_drop(request, storm.hang_s)
+        raise _Dropped()
+
+    def rates(self) -> dict[str, float | int | None]:
+        """The highest message-call rates seen (every call that reached the server,
+        failed ones included): least gap in one chat, most in one chat within a
+        second, most in one group within a minute, most overall within a second."""
+        per_chat: dict[int, list[float]] = {}
+        for call in self.calls:
+            if call.method in MESSAGE_METHODS and call.chat_id is not None:
+                per_chat.setdefault(call.chat_id, []).append(call.at)
+        everything = sorted(at for times in per_chat.values() for at in times)
+        gaps = [gap for times in per_chat.values() if (gap := min_gap(times)) is not None]
+        return {
+            "chat_min_gap_s": min(gaps) if gaps else None,
+            "chat_max_per_s": max((max_in_window(t, 1.0) for t in per_chat.values()), default=0),
+            "group_max_per_min": max((max_in_window(t, 60.0) for c, t in per_chat.items() if c < 0), default=0),
+            "overall_max_per_s": max_in_window(everything, 1.0),
+        }
 
     # ---- methods
     async def _api_getMe(self, call: Call) -> JSON:
@@ -629,6 +718,13 @@ class FakeTelegram:
 
     def _notify(self) -> None:
         self._tick.set()
+
+
+_SERVER_ERRORS = {"500": "Internal Server Error", "502": "Bad Gateway", "503": "Service Unavailable"}
+
+
+class _Dropped(Exception):
+    """The fake closes the connection without an answer."""
 
 
 class _ApiError(Exception):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ovbot.core.engines.local.worker import device_properties, ignore_stop_signals, stop_child
+from ovbot.core.engines.local.worker import device_properties, ignore_stop_signals, log_like_the_bot, stop_child
 from ovbot.core.engines.local.protocol import (
     Cancel,
     Fatal,
@@ -59,7 +59,7 @@ def image_process_main(conn: Connection, config: WorkerConfig, chat_busy: Any, p
     ignore_stop_signals()
     from ovbot.core.engines.local.image_runner import ImagePipelines, ImageRunner
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_like_the_bot(config.log_level)
     _lower_priority()
     send_lock = threading.Lock()
 

@@ -28,6 +28,8 @@ class WorkerConfig:
     compile_cache_dir: str | None = None
     #: model name written into PNG metadata
     image_model_name: str = ""
+    #: the level the bot logs at: its worker and image processes log at the same one
+    log_level: str = "INFO"
 
 
 # ---------------------------------------------------------------- parent -> worker

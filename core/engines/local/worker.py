@@ -31,6 +31,7 @@ from ovbot.core.engines.local.protocol import (
     SubmitImage,
     WorkerConfig,
 )
+from ovbot.core.logging_setup import configure_logging
 
 log = logging.getLogger("ovbot.engine.worker")
 
@@ -43,6 +44,14 @@ def ignore_stop_signals() -> None:
     or kills them if they do not answer."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def log_like_the_bot(level: str) -> None:
+    """In a child process: log through ovbot's own formatter, at the bot's level. A
+    model path or an OpenVINO error (they end up in load and inference tracebacks) can
+    hold a newline, a control character or a token-shaped string; a plain handler would
+    print a forged record or the token into the same stderr the bot logs to."""
+    configure_logging(level)
 
 
 def stop_child(process: Any, ask_to_stop: Callable[[], object], timeout: float) -> None:
@@ -167,7 +176,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     """Process target: load, report Ready (or Fatal with the reason), serve until told
     to stop or the parent disappears."""
     ignore_stop_signals()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_like_the_bot(config.log_level)
     worker = Worker(conn, config)
     try:
         loaded = worker.load()

@@ -25,7 +25,14 @@ _PATTERNS = [
     re.compile(r"bot\d{3,}:[A-Za-z0-9_-]{20,}"),  # Telegram bot token in URLs
     re.compile(r"\bhf_[A-Za-z0-9]{10,}"),  # Hugging Face tokens
     re.compile(r"(?i)(authorization: *bearer +)[^\s'\"]+"),
-    re.compile(r"[MN][A-Za-z\d_-]{23,25}\.[\w-]{6}\.[\w-]{27,}"),  # Discord bot token
+    # Discord bot token: base64 of the bot's id (M, N or O for ids starting 1-3, 4-7, 8-9)
+    re.compile(r"[MNO][A-Za-z\d_-]{23,25}\.[\w-]{6}\.[\w-]{27,}"),
+    # Discord interaction tokens (base64 "interaction:..."): discord.py logs them inside
+    # gateway events and webhook URLs; each lets anyone post as the bot for 15 minutes
+    re.compile(r"\baW50ZXJhY3Rpb24[A-Za-z0-9_-]{20,}"),
+    re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.-]{20,}"),  # any webhook token in a URL
+    re.compile(r"""(['"][\w-]*token['"]: *['"])[^'"]+"""),  # a payload's "token", "secret_token"
+    re.compile(r"\b\d{5,}:AA[A-Za-z0-9_-]{30,}"),  # a Telegram bot token outside a URL
 ]
 
 #: loggers that print arguments, payloads or URLs (message text, tokens) below WARNING
