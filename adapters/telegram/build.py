@@ -9,6 +9,8 @@
   (``pacing.ChatPacer``), because the limiter does not keep Telegram's ~1/s per chat.
 - Link previews are off: the model's text may name URLs, and a preview makes Telegram
   fetch whatever the model invented.
+- Updates of different chats are handled at once, one chat's in order
+  (``ordering.PerChatOrder``).
 - Webhook mode has no ``Updater``: ovbot's webhook server feeds the update queue.
 - The bot and the Application are ``inbox``'s subclasses: fetched updates are stored
   before they can be confirmed, and marked handled after their handlers ran. The bot is
@@ -25,6 +27,7 @@ from telegram.request import HTTPXRequest
 
 from ovbot.adapters.telegram.config import TelegramConfig
 from ovbot.adapters.telegram.inbox import Inbox, InboxApplication, InboxBot
+from ovbot.adapters.telegram.ordering import PerChatOrder
 
 #: python-telegram-bot's default application (its context data are plain dicts)
 TelegramApp: TypeAlias = Application[
@@ -55,7 +58,13 @@ def build_application(config: TelegramConfig, inbox: Inbox) -> TelegramApp:
         request=HTTPXRequest(connection_pool_size=_CONNECTIONS, pool_timeout=10.0),
         get_updates_request=HTTPXRequest(connection_pool_size=1),
     )
-    builder = ApplicationBuilder().bot(bot).application_class(InboxApplication).job_queue(None)
+    builder = (
+        ApplicationBuilder()
+        .bot(bot)
+        .application_class(InboxApplication)
+        .concurrent_updates(PerChatOrder())
+        .job_queue(None)
+    )
     if config.mode == "webhook":
         builder = builder.updater(None)
     application: TelegramApp = builder.build()

@@ -133,10 +133,10 @@ class Outbox:
         """Send a one-off reply (a command's answer, an error) in the background, or,
         inside ``holding``, keep it for the caller of ``holding`` to send.
 
-        python-telegram-bot handles updates one at a time (so one chat's messages reach
-        the core in order); a reply that waits for its chat's turn, or for a "retry
-        after", must not hold up every other chat's updates meanwhile. Replies to one
-        chat still go out in order: they queue on the chat's turn in the pacer."""
+        One chat's updates are handled in order (``ordering.PerChatOrder``); a reply
+        that waits for its chat's turn, or for a "retry after", must not hold up that
+        chat's next update meanwhile. Replies to one chat still go out in order: they
+        queue on the chat's turn in the pacer."""
         held = self._held.get()
         if held is not None and held.open:
             held.replies.append((place, text))
