@@ -44,7 +44,7 @@ LATEST = BENCH_DIR / "LATEST.md"
 
 def smoke_configs() -> tuple[LLMConfig, ImageConfig]:
     llm = LLMConfig(
-        concurrency=(1, 2, 4, 8, 16), new_tokens=16, repeats=1, llama_repeats=1, kv_cache_gb=1,
+        concurrency=(1, 2, 4, 8, 16), new_tokens=16, repeats=1, llama_repeats=1, headline_repeats=2, kv_cache_gb=1,
         variant_tokens=16, variant_repeats=1, multiturn_turns=10, multiturn_tokens=4, multiturn_repeats=1,
         bandwidth_mb=64,
     )
@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latest", type=Path, default=None, help="also write the report here (default: bench/LATEST.md after a full real run)")
     parser.add_argument("--no-latest", action="store_true", help="never write bench/LATEST.md")
     parser.add_argument("--repeats", type=int, default=None, help="runs per measurement (median reported)")
+    parser.add_argument(
+        "--headline-repeats", type=int, default=None,
+        help="interleaved repeats of every engine at the LLM table's headline rows, 1 and 8 chats (default 5; at least --repeats)",
+    )
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--concurrency", type=lambda s: tuple(int(x) for x in s.split(",")), default=None)
     return parser.parse_args(argv)
@@ -126,6 +130,8 @@ def configs(args: argparse.Namespace) -> tuple[LLMConfig, ImageConfig]:
     if args.repeats is not None:
         llm = replace(llm, repeats=args.repeats, llama_repeats=args.repeats, variant_repeats=args.repeats)
         image = replace(image, repeats=args.repeats)
+    if args.headline_repeats is not None:
+        llm = replace(llm, headline_repeats=args.headline_repeats)
     if args.new_tokens is not None:
         llm = replace(llm, new_tokens=args.new_tokens, variant_tokens=args.new_tokens)
     if args.concurrency is not None:

@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -98,6 +98,50 @@ def median_run(runs: Sequence[ChatRun]) -> ChatRun:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and min-max of one figure over repeats: one run on a shared 2-core machine
+    cannot tell a met target from a missed one, its spread over repeats can."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    def text(self, digits: int = 2, suffix: str = "x") -> str:
+        """``3.65x (3.21-3.90), n=5``"""
+        return f"{self.median:.{digits}f}{suffix} ({self.low:.{digits}f}-{self.high:.{digits}f}), n={self.count}"
+
+
+def spread(values: Sequence[float]) -> Spread | None:
+    if not values:
+        return None
+    return Spread(statistics.median(values), min(values), max(values), len(values))
+
+
+def spread_text(found: Spread | None, digits: int = 2, suffix: str = "x") -> str:
+    return NA if found is None else found.text(digits, suffix)
+
+
+def pairwise_ratio(
+    repeats: Sequence[Mapping[str, ChatRun]],
+    top: str,
+    bottom: str,
+    metric: Callable[[ChatRun], float] = lambda run: run.tokens_per_s,
+) -> Spread | None:
+    """``top``/``bottom`` taken within each interleaved repeat, then summarised: both
+    engines of a repeat ran back to back, so the machine's drift cancels in their ratio,
+    while a ratio of two medians may pair a fast run of one with a slow run of the other.
+    Repeats where either engine did not run (or measured nothing) are left out."""
+    values = []
+    for runs in repeats:
+        upper, lower = runs.get(top), runs.get(bottom)
+        if upper is None or lower is None or metric(lower) <= 0:
+            continue
+        values.append(metric(upper) / metric(lower))
+    return spread(values)
 
 
 # --------------------------------------------------------------------------- tables

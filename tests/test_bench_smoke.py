@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+from bench.common import ChatRun
 from bench.engine_bench import bench, parse_args
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?(x|%| ms| s)?")
+#: a ratio over interleaved repeats: median (min-max), n=repeats
+SPREAD = re.compile(r"(\d+\.\d\d)x \((\d+\.\d\d)-(\d+\.\d\d)\), n=(\d+)")
 #: cells that are not numbers but are allowed: skipped peers, verdicts, free text columns
 WORDS = {"n/a", "-", "met", "MISSED", "skipped"}
 FREE_TEXT_COLUMNS = {"rejection reasons"}
@@ -44,7 +47,7 @@ def tables(report: str) -> list[tuple[list[str], str, list[list[str]]]]:
 
 
 def is_value(cell: str) -> bool:
-    return bool(NUMBER.fullmatch(cell)) or cell in WORDS or cell.startswith((">= ", "best variant"))
+    return bool(NUMBER.fullmatch(cell) or SPREAD.fullmatch(cell)) or cell in WORDS or cell.startswith((">= ", "best variant"))
 
 
 async def test_engine_bench_smoke(tiny_models) -> None:
@@ -100,7 +103,16 @@ async def test_bench_command_smoke(tiny_models, tmp_path) -> None:
         if row[1].startswith(("(a)", "(b)", "(c)")):  # OpenVINO engines always run
             assert float(row[2]) > 0 and float(row[3]) >= 0, row
     ratios = next(rows for header, _, rows in found if header[0] == "chats" and "(a)/(b) overhead" in header)
-    assert all(re.fullmatch(r"\d+\.\d\dx", row[1]) for row in ratios)
+    # smoke: 2 repeats of every engine at the headline rows (1 and 8 chats), 1 elsewhere
+    for row in ratios:
+        wanted = "2" if row[0] in ("1", "8") else "1"
+        assert all(SPREAD.fullmatch(row[i]).group(4) == wanted for i in (1, 3, 7)), row
+        assert row[5] == "n/a", row  # no llama.cpp in smoke mode
+    assert "(d) llama.cpp skipped" in report
+    llm_targets = {row[0]: row for header, _, rows in found if header[0] == "target" for row in rows}
+    for name in ("(a)/(c) at 1 chat, aggregate tok/s", "(a)/(c) at 8 chats, aggregate tok/s", "(a) TTFT p95 at 8 chats"):
+        assert SPREAD.fullmatch(llm_targets[name][2].replace(" s (", "x (")), llm_targets[name]
+    assert llm_targets["(a)/(d) at 8 chats, aggregate tok/s"][2:] == ["n/a", "n/a"]
     lag = next(rows for header, _, rows in found if header[0] == "load")
     assert any(row[0].startswith("8 chats + 1 image") and int(row[1]) > 0 for row in lag)
     turns = next(rows for header, _, rows in found if header[0] == "turn")
@@ -175,3 +187,87 @@ async def test_bench_discord_section_smoke(tiny_models, monkeypatch) -> None:
     assert 0 < float(row["ack p50 ms"]) <= float(row["ack p95 ms"]) <= float(row["ack max ms"])
     assert [t.name for t in targets] == ["Discord interactions acknowledged within 3 s"]
     assert targets[0].ok is (int(row["past 3 s"]) == 0)
+
+
+def chat_run(tokens_per_s: float, ttft: float = 0.5) -> ChatRun:
+    return ChatRun("engine", 1, tokens=round(tokens_per_s * 10), wall_s=10.0, ttfts=[ttft], ends=[10.0])
+
+
+def test_pairwise_ratio_is_the_median_of_per_repeat_ratios() -> None:
+    """Each ratio is taken within a repeat, then summarised: with these runs the ratio of
+    the medians (20/15 = 1.33x for three repeats, 25/12.5 = 2x for four) differs from the
+    median of the pairwise ratios (1x, then 1.5x), so computing from medians fails here."""
+    from bench.common import pairwise_ratio, spread_text
+
+    repeats = [{"a": chat_run(a), "c": chat_run(c)} for a, c in ((10, 10), (20, 40), (30, 15))]
+    odd = pairwise_ratio(repeats, "a", "c")
+    assert odd is not None
+    assert (odd.median, odd.low, odd.high, odd.count) == (1.0, 0.5, 2.0, 3)
+    assert spread_text(odd) == "1.00x (0.50-2.00), n=3"
+
+    even = pairwise_ratio(repeats + [{"a": chat_run(40), "c": chat_run(10)}], "a", "c")
+    assert even is not None and (even.median, even.low, even.high, even.count) == (1.5, 0.5, 4.0, 4)
+
+    # a repeat missing an engine, or whose denominator measured nothing, is left out
+    gappy = repeats + [{"a": chat_run(99)}, {"a": chat_run(50), "c": chat_run(0)}]
+    assert pairwise_ratio(gappy, "a", "c") == odd
+    assert pairwise_ratio(repeats, "a", "d") is None  # llama.cpp never ran
+    assert spread_text(pairwise_ratio(repeats, "a", "d")) == "n/a"
+    # the metric is chosen per ratio (single stream: decode tok/s instead of aggregate)
+    same_rate = [{"a": chat_run(10, ttft=2.0), "c": chat_run(10, ttft=1.0)}]
+    assert pairwise_ratio(same_rate, "a", "c").median == 1.0
+    assert pairwise_ratio(same_rate, "a", "c", lambda run: run.ttfts[0]).median == 2.0
+
+
+def test_llm_targets_judge_the_median_and_show_the_spread() -> None:
+    """A target is met by its median even when one repeat falls short, and missed when
+    the median does, with the spread written beside it."""
+    from bench.llm import LLMResults, llm_targets
+
+    results = LLMResults()
+    results.repeats[8] = [
+        {"a": chat_run(a, ttft), "b": chat_run(b), "c": chat_run(10)}
+        for a, b, ttft in ((30, 33, 0.5), (36, 40, 2.9), (37, 38, 0.6))
+    ]
+    found = {t.name: t for t in llm_targets(results)}
+    one_at_a_time = found["(a)/(c) at 8 chats, aggregate tok/s"]
+    assert (one_at_a_time.wanted, one_at_a_time.measured, one_at_a_time.ok) == (">= 3.5x", "3.60x (3.00-3.70), n=3", True)
+    overhead = found["(a)/(b) at 8 chats, aggregate tok/s"]
+    # 30/33, 36/40, 37/38: the best repeat passes 0.95, the median does not
+    assert (overhead.measured, overhead.ok) == ("0.91x (0.90-0.97), n=3", False)
+    assert found["(a)/(d) at 8 chats, aggregate tok/s"].ok is None  # no llama.cpp: n/a, not a verdict
+    assert found["(a)/(d) at 8 chats, aggregate tok/s"].measured == "n/a"
+    assert found["(a) TTFT p95 at 8 chats"].measured == "0.60 s (0.50-2.90), n=3"
+    assert "(a)/(c) at 1 chat, aggregate tok/s" not in found  # no 1-chat row measured
+
+
+async def test_llm_section_ratios_are_pairwise_on_tiny_models(tiny_models) -> None:
+    """The LLM section on the tiny model: every engine (one-at-a-time included) runs in
+    every headline repeat on that repeat's messages, the others once, and each ratio cell
+    is the median (min-max) of the ratios taken within those repeats."""
+    import statistics
+
+    from bench.__main__ import smoke_configs
+    from bench.llm import llm_section
+    from bench.models import tiny_bench_models
+
+    cfg, _ = smoke_configs()
+    text, results = await llm_section(tiny_bench_models(tiny_models.llm, tiny_models.image), cfg, lambda m: None)
+
+    for n in cfg.concurrency:
+        repeats = results.repeats[n]
+        assert len(repeats) == (cfg.headline_repeats if n in cfg.headline else cfg.repeats)
+        assert all(set(runs) == {"a", "b", "c"} for runs in repeats)  # no llama.cpp in smoke mode
+        assert all(runs["c"].concurrency == n and len(runs["c"].ends) == n for runs in repeats)
+        assert all(runs["c"].ends == sorted(runs["c"].ends) for runs in repeats)  # one after another
+    assert "(d) llama.cpp skipped" in text and "d" not in results.runs
+
+    ratios = {row[0]: row for header, _, rows in tables(text) if "(a)/(c) advantage" in header for row in rows}
+    for n in cfg.concurrency:
+        repeats = results.repeats[n]
+        for column, top, bottom in ((1, "a", "b"), (3, "a", "c"), (7, "b", "c")):
+            values = [runs[top].tokens_per_s / runs[bottom].tokens_per_s for runs in repeats]
+            median, low, high, count = SPREAD.fullmatch(ratios[str(n)][column]).groups()
+            assert float(median) == round(statistics.median(values), 2), (n, column)
+            assert (float(low), float(high), int(count)) == (round(min(values), 2), round(max(values), 2), len(values))
+    assert "taken pairwise within a repeat" in text
