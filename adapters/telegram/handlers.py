@@ -22,6 +22,7 @@ from ovbot.adapters.common.replies import queue_text, unknown_command_text, usag
 from ovbot.adapters.telegram.build import TelegramApp
 from ovbot.adapters.telegram.commands import (
     COMMAND_NAMES,
+    CommandText,
     LimitsArgs,
     parse_admins,
     parse_block,
@@ -153,22 +154,18 @@ class Handlers:
             await self._reply(message, NOT_TEXT)
 
     async def _on_command(self, update: Update, context: Context) -> None:
-        message = update.message
-        if message is None or message.text is None or not _from_a_person(message):
+        found = _command_from_a_person(update)
+        if found is None:
             return
-        command = parse_command(message.text)
-        if command is None:
-            return
+        message, command = found
         self._outbox.reopen(message.chat.id)
         await self._commands[command.name](message, command.rest, context)
 
     async def _on_unknown(self, update: Update, context: Context) -> None:
-        message = update.message
-        if message is None or message.text is None or not _from_a_person(message):
+        found = _command_from_a_person(update)
+        if found is None:
             return
-        command = parse_command(message.text)
-        if command is None:
-            return
+        message, command = found
         if command.addressee is not None and command.addressee.lower() != (context.bot.username or "").lower():
             return  # another bot's command
         if message.chat.type != Chat.PRIVATE and command.addressee is None:
@@ -301,6 +298,15 @@ class Handlers:
 def _refs(message: Message) -> tuple[UserRef, ChatRef]:
     assert message.from_user is not None
     return user_ref(message.from_user), chat_ref(message.chat)
+
+
+def _command_from_a_person(update: Update) -> tuple[Message, CommandText] | None:
+    """The message and its command, if a person (not a bot) sent a command."""
+    message = update.message
+    if message is None or message.text is None or not _from_a_person(message):
+        return None
+    command = parse_command(message.text)
+    return None if command is None else (message, command)
 
 
 def _from_a_person(message: Message) -> bool:
