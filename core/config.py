@@ -76,6 +76,20 @@ class Settings(BaseSettings):
     image_device: str = "CPU"
     kv_cache_gb: int = Field(default=2, ge=1, le=256)
     max_batch_sequences: int = Field(default=16, ge=1, le=256)
+    # Chat pipeline tuning: "auto" leaves a value to OpenVINO (the device's own default).
+    # Each one is a row of the bench's lever table (bench/LATEST.md, issue 15).
+    #: prompt tokens + decoding chats processed in one scheduler step
+    llm_max_batched_tokens: int = Field(default=256, ge=16, le=65536)
+    #: split long prompts into chunks that share steps with chats already answering
+    llm_split_fuse: bool = True
+    llm_kv_cache_precision: Literal["auto", "u8", "f16", "f32"] = "auto"
+    llm_inference_precision: Literal["auto", "bf16", "f16", "f32"] = "auto"
+    llm_performance_hint: Literal["auto", "LATENCY", "THROUGHPUT"] = "auto"
+    #: inference threads; 0 = the device default (every core)
+    llm_threads: int = Field(default=0, ge=0, le=1024)
+    llm_cpu_pinning: Literal["auto", "true", "false"] = "auto"
+    #: group size of the dynamic quantization of activations; 0 turns it off
+    llm_dynamic_quantization_group_size: Literal["auto"] | int = "auto"
     max_new_tokens: int = Field(default=1024, ge=1, le=32768)
     llm_timeout_s: float = Field(default=600.0, gt=0)
     image_timeout_s: float = Field(default=1800.0, gt=0)
@@ -221,6 +235,17 @@ class Settings(BaseSettings):
         if not _DEVICE.match(text):
             raise ValueError(f"must be CPU, GPU, GPU.<n>, NPU or AUTO (got {value!r})")
         return text
+
+    @field_validator("llm_dynamic_quantization_group_size", mode="before")
+    @classmethod
+    def _check_group_size(cls, value: Any) -> Any:
+        """One clear line instead of one per member of the union."""
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if isinstance(value, bool) or not text.isdigit() or int(text) > 4096:
+            raise ValueError(f"must be auto or a whole number from 0 (off) to 4096, such as 32, 64 or 128 (got {value!r})")
+        return int(text)
 
     @field_validator("image_sizes", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ovbot.core.config import Settings
 from ovbot.core.engines.base import Engines
-from ovbot.core.engines.local import LocalEngines, WorkerConfig
+from ovbot.core.engines.local import LLMTuning, LocalEngines, WorkerConfig
 from ovbot.core.errors import SettingsError
 
 #: what each device family needs installed, for the one-line error
@@ -33,12 +33,33 @@ def worker_config(settings: Settings, llm_dir: Path | None, image_dir: Path | No
         image_device=settings.image_device,
         kv_cache_gb=settings.kv_cache_gb,
         max_num_seqs=settings.max_batch_sequences,
+        llm_tuning=llm_tuning(settings),
         default_max_new_tokens=settings.max_new_tokens,
         image_limits=settings.image_limits(),
         image_max_pause_s=settings.image_max_pause_s,
         compile_cache_dir=str(settings.compile_cache_dir) if settings.compile_cache_dir else None,
         image_model_name=image_dir.name if image_dir else "",
         log_level=child_log_level(),
+    )
+
+
+def llm_tuning(settings: Settings) -> LLMTuning:
+    """The ``OVBOT_LLM_*`` tuning settings as the worker takes them ("auto" = leave it
+    to the device)."""
+
+    def named(value: str) -> str:
+        return "" if value == "auto" else value
+
+    group = settings.llm_dynamic_quantization_group_size
+    return LLMTuning(
+        max_num_batched_tokens=settings.llm_max_batched_tokens,
+        dynamic_split_fuse=settings.llm_split_fuse,
+        kv_cache_precision=named(settings.llm_kv_cache_precision),
+        inference_precision=named(settings.llm_inference_precision),
+        performance_hint=named(settings.llm_performance_hint),
+        threads=settings.llm_threads,
+        cpu_pinning=None if settings.llm_cpu_pinning == "auto" else settings.llm_cpu_pinning == "true",
+        dynamic_quantization_group_size=None if group == "auto" else group,
     )
 
 

@@ -33,6 +33,12 @@ THINK_CLOSE = "</think>"
 CLOSE_REASONING = f"\n{THINK_CLOSE}\n\n"
 #: the answer phase's pipeline request id is the chat's id plus this (ids must differ)
 _ANSWER_ID_OFFSET = 1 << 40
+TOO_LONG = "The conversation is too long for the model's memory; start a new one or shorten it."
+
+
+class PromptTooLong(Exception):
+    """A prompt the scheduler cannot take in one step (dynamic split-fuse off). Handed
+    to the pipeline it would abort the whole worker process, every chat with it."""
 
 
 @dataclass(slots=True)
@@ -100,8 +106,11 @@ class LLMLoop:
         pipeline: Any,
         send: Callable[[object], None],
         busy: threading.Event,
+        max_prompt_tokens: int | None = None,
     ) -> None:
         self._og = og
+        #: the longest prompt one scheduler step takes (None: split-fuse chunks any prompt)
+        self._max_prompt_tokens = max_prompt_tokens
         self._pipe = pipeline
         self._tokenizer = pipeline.get_tokenizer()
         self._prompts = ChatPromptBuilder(self._tokenizer)
@@ -164,7 +173,10 @@ class LLMLoop:
             if reasoning_first:
                 config.stop_strings = {THINK_CLOSE}
                 config.include_stop_str_in_output = True
-            handle = self._pipe.add_request(request.request_id, tokens, config)
+            handle = self._add(request.request_id, tokens, config)
+        except PromptTooLong:
+            self._send(RequestFailed(request.request_id, "bad_parameter", TOO_LONG, "messages"))
+            return
         except Exception as exc:  # a bad schema or template error fails only this request
             log.warning("request %s rejected: %s", request.request_id, exc)
             self._send(
@@ -243,9 +255,18 @@ class LLMLoop:
             ids += self._close_ids
         config = self._generation_config(request, remaining, constrained=True)
         tokens = ov.Tensor(np.array([ids], dtype=np.int64))
-        active.handle = self._pipe.add_request(request.request_id + _ANSWER_ID_OFFSET, tokens, config)
+        active.handle = self._add(request.request_id + _ANSWER_ID_OFFSET, tokens, config)
         active.detok = IncrementalDetokenizer(self._decode)
         return tail + closing
+
+    def _add(self, request_id: int, tokens: Any, config: Any) -> Any:
+        length = int(tokens.get_shape()[-1])
+        if self._max_prompt_tokens is not None and length > self._max_prompt_tokens:
+            raise PromptTooLong(
+                f"a prompt of {length} tokens is longer than the {self._max_prompt_tokens} one step takes "
+                "(OVBOT_LLM_SPLIT_FUSE=false)"
+            )
+        return self._pipe.add_request(request_id, tokens, config)
 
     def _cancel(self, request_id: int) -> None:
         active = self._active.pop(request_id, None)
@@ -297,14 +318,7 @@ class LLMLoop:
     def _finish(self, active: _Active, status: str) -> None:
         del self._active[active.request_id]
         if status == "IGNORED":
-            self._send(
-                RequestFailed(
-                    active.request_id,
-                    "bad_parameter",
-                    "The conversation is too long for the model's memory; start a new one or shorten it.",
-                    "messages",
-                )
-            )
+            self._send(RequestFailed(active.request_id, "bad_parameter", TOO_LONG, "messages"))
             return
         tail = active.detok.flush()
         if tail:

@@ -13,6 +13,33 @@ from ovbot.core.engines.types import ImageLimits, ImageRequest
 
 
 @dataclass(frozen=True, slots=True)
+class LLMTuning:
+    """How the chat pipeline is compiled and scheduled (``OVBOT_LLM_*`` settings).
+
+    Empty strings and ``None`` leave a value to OpenVINO (the device's own default), so a
+    GPU or NPU never receives a CPU-only property it would refuse. The bench's lever
+    table (``python -m bench --only levers``) measures each one."""
+
+    #: scheduler: prompt tokens + decoding sequences processed in one step
+    max_num_batched_tokens: int = 256
+    #: scheduler: split long prompts into chunks that share steps with decoding chats
+    dynamic_split_fuse: bool = True
+    #: KV_CACHE_PRECISION: "u8", "f16", "f32" or "" (device default)
+    kv_cache_precision: str = ""
+    #: INFERENCE_PRECISION_HINT: "bf16", "f16", "f32" or "" (device default)
+    inference_precision: str = ""
+    #: PERFORMANCE_HINT: "LATENCY", "THROUGHPUT" or "" (device default)
+    performance_hint: str = ""
+    #: INFERENCE_NUM_THREADS; 0 = the device default (every core)
+    threads: int = 0
+    #: ENABLE_CPU_PINNING; None = device default
+    cpu_pinning: bool | None = None
+    #: DYNAMIC_QUANTIZATION_GROUP_SIZE; 0 = off; None = ovbot's choice for the device
+    #: (CPU_DYNAMIC_QUANTIZATION_GROUP_SIZE on CPU, the device's own default elsewhere)
+    dynamic_quantization_group_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """Everything the worker needs to load its pipelines (picklable: no settings object)."""
 
@@ -22,6 +49,7 @@ class WorkerConfig:
     image_device: str = "CPU"
     kv_cache_gb: int = 2
     max_num_seqs: int = 16
+    llm_tuning: LLMTuning = field(default_factory=LLMTuning)
     default_max_new_tokens: int = 1024
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     image_max_pause_s: float = 20.0
