@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from bench.common import NoiseMeter, Target, machine_description, table, verdict
 from bench.discord_ack import AckConfig, discord_ack_section, smoke_ack_config
 from bench.llm import LLMConfig, llm_section, multiturn_section, variants_section
 from bench.mixed import ImageConfig, image_section, shared_cpu_section
+from bench.levers import TITLE as LEVERS_TITLE
+from bench.levers import LeverConfig, levers_section, smoke_lever_config
 from bench.load import TITLE as LOAD_TITLE
 from bench.load import LoadConfig, load_section, smoke_load_config
 from bench.models import BenchModels, build_real_models, default_cache, recorded_build_times, tiny_bench_models
@@ -36,7 +39,9 @@ from bench.reasoning import ReasoningConfig, reasoning_section, smoke_reasoning_
 
 SECTIONS = ("llm", "variants", "multiturn", "loop", "image", "platform", "discord", "reasoning")
 #: sections that run only when named in --only
-EXTRA_SECTIONS = ("overhead", "load")
+EXTRA_SECTIONS = ("overhead", "load", "levers")
+#: extra sections whose part of bench/LATEST.md is their own run's (kept across full runs)
+OWN_RUN_TITLES = {"load": LOAD_TITLE, "levers": LEVERS_TITLE}
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results" / "RESULTS.md"
 LATEST = BENCH_DIR / "LATEST.md"
@@ -101,7 +106,7 @@ def prepare_models(args: argparse.Namespace, log) -> tuple[BenchModels, str]:
         return tiny_bench_models(tiny.llm, tiny.image), f"tiny models ready in {took:.1f} s ({tiny.llm.parent})"
     cache = (args.models_dir or default_cache()).expanduser()
     parts = set()
-    if set(args.only) & {"llm", "variants", "multiturn", "loop", "overhead"}:
+    if set(args.only) & {"llm", "variants", "multiturn", "loop", "overhead", "levers"}:
         parts.add("llm")
     if "llm" in args.only:
         parts.add("gguf")
@@ -208,6 +213,14 @@ async def run(args: argparse.Namespace, log=print) -> str:
 
         tiny = build_tiny_models(args.tiny_dir or tiny_models_root())  # the load runs on the tiny models
         await timed("load", load_section(tiny, smoke_load_config() if args.smoke else LoadConfig(), log))
+    if "levers" in args.only:
+        lever_cfg = smoke_lever_config() if args.smoke else LeverConfig()
+        if args.repeats is not None:
+            lever_cfg = replace(lever_cfg, rounds=args.repeats)
+        if args.new_tokens is not None:
+            lever_cfg = replace(lever_cfg, new_tokens=args.new_tokens)
+        text = asyncio.to_thread(levers_section, models.main_llm, lever_cfg, log, models.tiny)
+        await timed("levers", _no_targets(text))
     if "reasoning" in args.only:
         reasoning_cfg = smoke_reasoning_config() if args.smoke else ReasoningConfig(kv_cache_gb=llm_cfg.kv_cache_gb)
         if args.repeats is not None:
@@ -238,6 +251,10 @@ async def run(args: argparse.Namespace, log=print) -> str:
     return "\n".join(body)
 
 
+async def _no_targets(text: Awaitable[str]) -> tuple[str, list[Target]]:
+    return await text, []
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -254,15 +271,19 @@ def main(argv: list[str] | None = None) -> None:
     latest = args.latest
     if latest is None and not args.no_latest and not args.smoke and set(args.only) == set(SECTIONS):
         latest = LATEST
+    own_runs = {name: title for name, title in OWN_RUN_TITLES.items() if name in args.only}
     if latest is not None:
-        kept = section_of(latest.read_text(encoding="utf-8"), LOAD_TITLE) if latest.exists() else None
+        previous = latest.read_text(encoding="utf-8") if latest.exists() else ""
         latest.write_text(report + "\n", encoding="utf-8")
-        if kept is not None and "load" not in args.only:  # the load section has runs of its own
-            update_section(latest, kept, LOAD_TITLE)
+        for name, title in OWN_RUN_TITLES.items():  # these sections have runs of their own
+            kept = section_of(previous, title)
+            if kept is not None and name not in args.only:
+                update_section(latest, kept, title)
         log(f"wrote {latest}")
-    elif not args.no_latest and not args.smoke and "load" in args.only:
-        update_section(LATEST, report, LOAD_TITLE)
-        log(f"updated the load section of {LATEST}")
+    elif not args.no_latest and not args.smoke and own_runs:
+        for name, title in own_runs.items():
+            update_section(LATEST, report, title)
+            log(f"updated the {name} section of {LATEST}")
 
 
 def section_of(report: str, title: str) -> str | None:

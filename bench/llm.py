@@ -113,9 +113,9 @@ def load_raw_cb(llm_dir: Path, max_num_seqs: int, kv_cache_gb: int) -> Any:
     """The pipeline exactly as ovbot's worker loads it (same scheduler settings)."""
     import openvino_genai as og
 
-    from ovbot.core.engines.local.worker import _load_llm
+    from ovbot.core.engines.local.worker import load_llm
 
-    return _load_llm(og, worker_config(llm_dir, None, max_num_seqs=max_num_seqs, kv_cache_gb=kv_cache_gb))
+    return load_llm(og, worker_config(llm_dir, None, max_num_seqs=max_num_seqs, kv_cache_gb=kv_cache_gb))
 
 
 class RawCB:
@@ -179,13 +179,13 @@ class RawCB:
 class OneAtATime:
     """LLMPipeline serving one request after another (a default single-user bot)."""
 
-    def __init__(self, llm_dir: Path) -> None:
+    def __init__(self, llm_dir: Path, properties: dict[str, Any] | None = None) -> None:
         import openvino as ov
         import openvino_genai as og
 
         self._og, self._ov = og, ov
         started = time.perf_counter()
-        self._pipe = og.LLMPipeline(str(llm_dir), "CPU")
+        self._pipe = og.LLMPipeline(str(llm_dir), "CPU", **(properties or {}))
         self.load_s = time.perf_counter() - started
 
     def one(self, chat: Chat, new_tokens: int) -> tuple[float, float, int]:

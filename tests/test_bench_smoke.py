@@ -134,6 +134,21 @@ async def test_bench_overhead_section_smoke(tiny_models) -> None:
     assert all(float(row[2]) > 0 and row[4].endswith("x") for row in rows)
 
 
+async def test_bench_levers_section_smoke(tiny_models) -> None:
+    """The lever table: every kind of lever (scheduler, compile property, LLMPipeline)
+    loads through the worker's own loader in a process of its own and is measured."""
+    from bench.__main__ import parse_args as bench_args, run
+
+    args = bench_args(["--smoke", "--tiny-dir", str(tiny_models.llm.parent), "--only", "levers"])
+    report = await run(args, log=lambda message: None)
+    rows = next(rows for header, _, rows in tables(report) if header[:2] == ["lever", "setting"])
+    assert [row[0] for row in rows] == ["default", "batched-128", "dq-32", "llm-pipeline-sdpa-dq128"]
+    assert all(float(row[2].split()[0]) > 0 and float(row[9]) > 50 for row in rows)  # tok/s, peak RSS MB
+    assert rows[0][2].endswith("n=2")  # the default opens and closes the round
+    assert all(row[3].endswith("n=1") for row in rows[1:])  # each lever over its round's defaults
+    assert rows[3][5] == "n/a"  # LLMPipeline serves one at a time: no 8-chat figure
+
+
 async def test_bench_platform_section_smoke(tiny_models) -> None:
     """The platform table on the tiny models: overhead split adds up, every turn of the
     concurrent sessions is accounted for (none lost), the capped queue rejects with a
