@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.common import NA, ChatRun, Spread, Workload, fmt, median, percentile, spread, spread_text, table
 from bench.harness import worker_config
+from bench.quant_error import PROMPT_TOKENS, ErrorRow, measure_in_child
 
 #: the default's row; every ratio is to it
 DEFAULT = "default"
@@ -241,7 +242,23 @@ def levers_section(model: Path, cfg: LeverConfig, log: Callable[[str], None], ti
         "request at a time (their 8-chat figure is the LLM table's (c))."
     )
     smoke = "\n\n(Smoke mode: the tiny model; the figures mean nothing.)" if tiny else ""
-    return "\n\n".join([TITLE, intro, lever_table(rounds, cfg)]) + smoke
+    log("  numeric error of the precision settings")
+    return "\n\n".join([TITLE, intro, lever_table(rounds, cfg), error_text(measure_in_child(model))]) + smoke
+
+
+def error_text(rows: Sequence[ErrorRow]) -> str:
+    intro = (
+        "What the faster settings cost in exactness (bench/quant_error.py): the IR's logits for one "
+        f"{PROMPT_TOKENS}-token prompt and one decode step under each setting, against f32 without dynamic "
+        "quantization on the same token ids. Random weights measure the arithmetic error a setting adds, "
+        "not answer quality; their near-flat logits make top-1 agreement a harsh measure."
+    )
+    body = table(
+        ["setting", "prompt logits error", "top-1 agreement", "decode step logits error"],
+        [[row.setting, f"{100 * row.prefill_error:.1f}%", f"{100 * row.top1_agreement:.1f}%", f"{100 * row.decode_error:.1f}%"]
+         for row in rows],
+    )
+    return intro + "\n\n" + body
 
 
 def main(argv: Sequence[str]) -> None:

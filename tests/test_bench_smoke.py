@@ -147,6 +147,8 @@ async def test_bench_levers_section_smoke(tiny_models) -> None:
     assert rows[0][2].endswith("n=2")  # the default opens and closes the round
     assert all(row[3].endswith("n=1") for row in rows[1:])  # each lever over its round's defaults
     assert rows[3][5] == "n/a"  # LLMPipeline serves one at a time: no 8-chat figure
+    errors = next(rows for header, _, rows in tables(report) if header[0] == "setting")
+    assert len(errors) == 5 and all(0 <= float(row[1].rstrip("%")) < 100 for row in errors)
 
 
 async def test_bench_platform_section_smoke(tiny_models) -> None:
