@@ -17,8 +17,9 @@ class LLMTuning:
     """How the chat pipeline is compiled and scheduled (``OVBOT_LLM_*`` settings).
 
     Empty strings and ``None`` leave a value to OpenVINO (the device's own default), so a
-    GPU or NPU never receives a CPU-only property it would refuse. The bench's lever
-    table (``python -m bench --only levers``) measures each one."""
+    GPU or NPU never receives a CPU-only property it would refuse; the one exception is
+    the dynamic quantization group size on CPU (see ``worker.llm_properties``). The
+    bench's lever table (``python -m bench --only levers``) measures each one."""
 
     #: scheduler: prompt tokens + decoding sequences processed in one step
     max_num_batched_tokens: int = 256

@@ -69,13 +69,12 @@ def device_properties(config: WorkerConfig) -> dict[str, Any]:
     return {}
 
 
-
-
 #: Dynamic quantization group size on CPU when the setting is "auto". OpenVINO's CPU
-#: default is 32; 128 served 8 chats 1.25x faster (TTFT p95 2.7 vs 3.5 s) with a lone
-#: chat no slower, on the real-shape INT4 model (bench/LATEST.md, lever table). Its cost:
+#: default is 32; 128 served 8 chats 1.25x faster (TTFT p95 2.6 vs 3.5 s) on the
+#: real-shape INT4 model, while a lone chat stayed within the noise (32 decoded it 1.045x
+#: (0.83-1.32) as fast, 10 alternated pairs): bench/LATEST.md, lever table. Its cost:
 #: prefill logits 8.0% off an f32, unquantized reference against 6.5% at 32 (bf16 alone:
-#: 3.4%), measured on that model's random weights.
+#: 3.4%), measured on that model's random weights (docs/performance.md).
 CPU_DYNAMIC_QUANTIZATION_GROUP_SIZE = 128
 
 
