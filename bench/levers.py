@@ -196,21 +196,22 @@ def _values(rounds: Sequence[dict[str, LeverRun]], name: str, metric: Callable[[
 def lever_table(rounds: Sequence[dict[str, LeverRun]], cfg: LeverConfig) -> str:
     rows = []
     for name in cfg.levers:
-        def med(metric: Callable[[LeverRun], float | None], digits: int = 1) -> str:
-            found = spread(_values(rounds, name, metric))
-            return NA if found is None else spread_text(found, digits, "")
+        def spread_of(metric: Callable[[LeverRun], float | None], digits: int = 1) -> str:
+            return spread_text(spread(_values(rounds, name, metric)), digits, "")
 
-        ratio_1 = _pairwise(rounds, name, lambda r: r.single_decode)
-        ratio_n = _pairwise(rounds, name, lambda r: r.many_tps)
+        def median_of(metric: Callable[[LeverRun], float | None], digits: int) -> str:
+            values = _values(rounds, name, metric)
+            return fmt(median(values), digits) if values else NA
+
+        def versus(metric: Callable[[LeverRun], float | None]) -> str:
+            return NA if name == DEFAULT else spread_text(_pairwise(rounds, name, metric))
+
         rows.append([
             name, LEVERS[name].setting,
-            med(lambda r: r.single_decode), NA if name == DEFAULT else spread_text(ratio_1),
-            fmt(median(_values(rounds, name, lambda r: r.single_ttft)), 2),
-            med(lambda r: r.many_tps), NA if name == DEFAULT or ratio_n is None else spread_text(ratio_n),
-            fmt(median(_values(rounds, name, lambda r: r.many_ttft_p50)), 2) if _values(rounds, name, lambda r: r.many_ttft_p50) else NA,
-            med(lambda r: r.many_ttft_p95, 2) if _values(rounds, name, lambda r: r.many_ttft_p95) else NA,
-            fmt(median(_values(rounds, name, lambda r: r.peak_rss_mb)), 0),
-            fmt(median(_values(rounds, name, lambda r: r.load_s)), 1),
+            spread_of(lambda r: r.single_decode), versus(lambda r: r.single_decode), median_of(lambda r: r.single_ttft, 2),
+            spread_of(lambda r: r.many_tps), versus(lambda r: r.many_tps),
+            median_of(lambda r: r.many_ttft_p50, 2), spread_of(lambda r: r.many_ttft_p95, 2),
+            median_of(lambda r: r.peak_rss_mb, 0), median_of(lambda r: r.load_s, 1),
         ])
     header = [
         "lever", "setting", "1 chat decode tok/s", "vs default", "1 chat TTFT s",
